@@ -1,0 +1,199 @@
+"""The llama.cpp backend (llama-cpp-python): GGUF models on CPU, or partly/fully on a GPU.
+
+Why the defaults differ from llama-cpp-python's: its ``n_ctx=512`` truncates
+KnowLM prompts, so the context comes from the model card or the GGUF; its
+``n_gpu_layers=0`` ignores a GPU, so layers are offloaded when a GPU build and
+enough free VRAM are present (see :mod:`knowlm_local.gpu`).
+
+Prompts are tokenized once here and passed to llama.cpp as token ids, so
+llama-cpp-python's own longest-common-prefix reuse of the KV cache applies:
+callers that put the shared part of their prompts first get it for free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from knowlm_local.backends.base import Backend, BackendInfo, Chunk
+from knowlm_local.errors import KnowLMError
+from knowlm_local.gguf_check import check_header, diagnose, read_metadata
+from knowlm_local.params import GenerationParams
+
+DEFAULT_CTX_CAP = 8192  # without a model card, never allocate more KV cache than this by default
+
+
+def _shape_keys(arch: str) -> set[str]:
+    return {f"{arch}.{k}" for k in (
+        "block_count", "context_length", "embedding_length", "attention.head_count", "attention.head_count_kv",
+    )}
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF loaded with llama-cpp-python."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        n_ctx: int | None = None,
+        n_gpu_layers: int | None = None,
+        n_threads: int | None = None,
+        seed: int | None = None,
+        prompt_lookup: int = 0,
+        flash_attn: bool | None = None,
+    ) -> None:
+        import llama_cpp
+
+        path = Path(model_path)
+        check_header(path)
+        arch = str(read_metadata(path, {"general.architecture"}).get("general.architecture", "llama"))
+        meta = read_metadata(path, _shape_keys(arch))
+        n_layers = int(meta.get(f"{arch}.block_count", 0) or 0)
+        ctx_train = int(meta.get(f"{arch}.context_length", 0) or 0)
+        if n_ctx is None or n_ctx <= 0:
+            n_ctx = min(ctx_train or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
+        gpu_build = bool(llama_cpp.llama_supports_gpu_offload())
+        if n_gpu_layers is None:
+            from knowlm_local.gpu import auto_gpu_layers, free_vram_bytes, kv_cache_bytes
+
+            kv = kv_cache_bytes(
+                n_ctx, n_layers, int(meta.get(f"{arch}.embedding_length", 0) or 0),
+                int(meta.get(f"{arch}.attention.head_count", 0) or 0),
+                int(meta.get(f"{arch}.attention.head_count_kv", 0) or 0),
+            )
+            n_gpu_layers = auto_gpu_layers(
+                gpu_build, path.stat().st_size, kv, n_layers, free_vram_bytes() if gpu_build else None
+            )
+        draft = None
+        if prompt_lookup > 0:
+            from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+            draft = LlamaPromptLookupDecoding(num_pred_tokens=prompt_lookup)
+        kwargs: dict[str, Any] = dict(
+            model_path=str(path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=False,
+            n_threads=n_threads or _default_threads(), draft_model=draft,
+            flash_attn=bool(flash_attn if flash_attn is not None else (gpu_build and n_gpu_layers != 0)),
+        )
+        if seed is not None and seed >= 0:
+            kwargs["seed"] = seed
+        try:
+            self.llm = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise KnowLMError(f"cannot load {path.name}: {diagnose(path)}",
+                              "re-download or re-convert the model; a GGUF from a newer llama.cpp may need "
+                              "`pip install -U llama-cpp-python`") from exc
+        metadata = self.llm.metadata
+        offloaded = n_layers if n_gpu_layers < 0 else min(n_gpu_layers, n_layers)
+        device = "cpu" if offloaded == 0 else ("gpu" if offloaded >= n_layers else f"gpu ({offloaded}/{n_layers} layers)")
+        self.info = BackendInfo(
+            name="llama.cpp",
+            model_path=str(path),
+            n_ctx=self.llm.n_ctx(),
+            n_gpu_layers=offloaded,
+            n_layers=n_layers,
+            device=device,
+            chat_template=metadata.get("tokenizer.chat_template"),
+            bos_token=self._token_text(self.llm.token_bos()),
+            eos_token=self._token_text(self.llm.token_eos()),
+            adds_bos=bool(self.llm.tokenize(b"", add_bos=True, special=True)),
+        )
+        self.architecture = arch
+        self.metadata = metadata
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def generate(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        json_schema: dict[str, Any] | None = None,
+        cancel: Any = None,
+    ) -> Iterator[Chunk]:
+        import llama_cpp
+
+        tokens = self.tokenize(prompt)
+        n_prompt = len(tokens)
+        room = self.info.n_ctx - n_prompt
+        if room <= 0:
+            raise KnowLMError(
+                f"the prompt is {n_prompt} tokens, the context window is {self.info.n_ctx}",
+                "raise --ctx or shorten the input",
+            )
+        grammar = None
+        if json_schema is not None:
+            grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
+        cached = llama_cpp.Llama.longest_token_prefix(self.llm._input_ids.tolist(), tokens)
+        if params.seed >= 0:
+            self.llm.set_seed(params.seed)
+        ctx = self.llm._ctx.ctx
+        llama_cpp.llama_perf_context_reset(ctx)
+        stream = self.llm.create_completion(
+            tokens,
+            max_tokens=min(params.max_tokens, room),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            min_p=params.min_p,
+            repeat_penalty=params.repeat_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            stop=list(params.stop),
+            grammar=grammar,
+            stream=True,
+        )
+        t0 = time.perf_counter()
+        first = None
+        pieces = 0
+        finish = None
+        try:
+            for part in stream:
+                choice = part["choices"][0]
+                finish = choice.get("finish_reason")
+                if first is None:
+                    first = time.perf_counter()
+                pieces += 1
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                if choice["text"] or finish is None:
+                    yield Chunk(text=choice["text"], prompt_tokens=n_prompt, cached_tokens=cached,
+                                completion_tokens=pieces, prompt_seconds=first - t0)
+                if finish is not None:
+                    break
+        finally:
+            stream.close()
+        perf = llama_cpp.llama_perf_context(ctx)
+        generated = max(0, self.llm.n_tokens - n_prompt) + (1 if finish == "length" else 0)
+        yield Chunk(
+            text="",
+            prompt_tokens=n_prompt,
+            cached_tokens=cached,
+            completion_tokens=generated,
+            finish_reason=finish or "stop",
+            prompt_seconds=perf.t_p_eval_ms / 1000.0,
+            decode_tokens=int(perf.n_eval),
+            decode_seconds=perf.t_eval_ms / 1000.0,
+            extra={"wall_seconds": time.perf_counter() - t0},
+        )
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+
+def _default_threads() -> int:
+    """Physical cores are what matter for decode; half the logical CPUs is a safe guess."""
+    n = os.cpu_count() or 2
+    return max(1, n // 2) if n > 4 else n

@@ -1,0 +1,95 @@
+"""The `knowlm-local` command line.
+
+Each command lives in a small module of this package that only parses options
+and calls a library function; heavy imports (llama_cpp, torch, transformers,
+huggingface_hub) happen inside the command bodies, so ``knowlm-local --help``
+stays instant. Errors of type :class:`~knowlm_local.errors.KnowLMError` become
+two lines (``error:`` and ``hint:``) and exit code 1; ``KNOWLM_DEBUG=1`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from knowlm_local import __version__
+from knowlm_local.errors import KnowLMError
+
+app = typer.Typer(
+    name="knowlm-local",
+    help=(
+        "Run the KnowLM model family (ZhiXi, KnowLM-IE, OceanGPT, OneKE) on your own machine: "
+        "download, convert to GGUF, chat, extract.\n\n"
+        "Works offline with the embedded demo model: try `knowlm-local chat -p \"What is GGUF?\"`."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def report(exc: KnowLMError) -> None:
+    """Print a user error as ``error:`` / ``hint:`` lines on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False)
+    err.print(f"[bold red]error:[/bold red] {escape(exc.message)}")
+    if exc.hint:
+        err.print(f"[bold]hint:[/bold] {escape(exc.hint)}")
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command whose :class:`KnowLMError` is reported, not raised."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except KnowLMError as exc:
+                if os.environ.get("KNOWLM_DEBUG"):
+                    raise
+                report(exc)
+                raise typer.Exit(1) from None
+
+        app.command(name, **kwargs)(wrapper)
+        return fn
+
+    return decorate
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"knowlm-local {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Root options."""
+
+
+# Command modules register themselves on import; they import only typer and option types.
+from knowlm_local.cli import chat as _chat  # noqa: E402,F401
+from knowlm_local.cli import models as _models  # noqa: E402,F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KnowLMError as exc:  # raised outside a command body (e.g. in a callback)
+        if os.environ.get("KNOWLM_DEBUG"):
+            raise
+        report(exc)
+        sys.exit(1)

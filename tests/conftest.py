@@ -1,0 +1,65 @@
+"""Shared fixtures: an isolated store and HF cache per test, the embedded model, the CLI runner.
+
+Nothing here touches the network: HF_HUB_OFFLINE is set unless a test talks to
+its own local hub server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # hubserver and other test helpers
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    """Every test gets its own KNOWLM_HOME and HF cache, and no default-model override."""
+    root = tmp_path_factory.mktemp("env")
+    monkeypatch.setenv("KNOWLM_HOME", str(root / "knowlm"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    for var in ("KNOWLM_MODEL", "HF_ENDPOINT", "KNOWLM_DEBUG", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def embedded_path() -> Path:
+    from knowlm_local.embedded import embedded_gguf
+
+    return embedded_gguf()
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The embedded SmolLM2 loaded once through our loader (llama.cpp, CPU), small context."""
+    from knowlm_local.runtime import LoadOptions, load_model
+
+    loaded = load_model("smollm2", LoadOptions(n_ctx=2048, seed=0))
+    yield loaded
+    loaded.backend.close()
+
+
+@pytest.fixture
+def runner():
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for running the real `knowlm-local` executable in a subprocess."""
+    env = dict(os.environ)
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def knowlm_exe() -> str:
+    exe = Path(sys.executable).parent / "knowlm-local"
+    return str(exe) if exe.exists() else "knowlm-local"
