@@ -63,3 +63,27 @@ def cli_env() -> dict[str, str]:
 def knowlm_exe() -> str:
     exe = Path(sys.executable).parent / "knowlm-local"
     return str(exe) if exe.exists() else "knowlm-local"
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory, embedded_path) -> Path:
+    """The embedded SmolLM2 as a Hugging Face safetensors folder.
+
+    transformers loads the GGUF and dequantizes it (Q4_1 -> float32); the model
+    is then saved as an ordinary checkpoint. The GGUF quantizer marker is
+    dropped first because transformers refuses to save a "gguf-quantized" model
+    (the weights are plain float32 by then).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("smollm2-hf")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_path.parent, gguf_file=embedded_path.name)
+    model = AutoModelForCausalLM.from_pretrained(embedded_path.parent, gguf_file=embedded_path.name,
+                                                 dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
