@@ -79,26 +79,25 @@ _TUPLE_FIELDS = {f.name for f in fields(ModelCard) if str(f.type).startswith("tu
 _REQUIRED = {f.name for f in fields(ModelCard) if f.default is MISSING and f.default_factory is MISSING}
 
 
-def _card_from_dict(data: dict[str, Any], where: str) -> ModelCard:
-    known = {f.name for f in fields(ModelCard)}
+def _reject_unknown(data: dict[str, Any], cls: type, where: str) -> None:
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
+        section = "" if cls is ModelCard else " [decoding]"
         raise KnowLMError(
-            f"model card {where} has unknown keys: {', '.join(unknown)}",
-            f"allowed keys: {', '.join(sorted(known))}",
+            f"model card {where} has unknown{section} keys: {', '.join(unknown)}",
+            f"allowed: {', '.join(sorted(known))}",
         )
+
+
+def _card_from_dict(data: dict[str, Any], where: str) -> ModelCard:
+    _reject_unknown(data, ModelCard, where)
     missing = sorted(_REQUIRED - set(data))
     if missing:
         raise KnowLMError(f"model card {where} is missing: {', '.join(missing)}", "add them to the card")
     values = dict(data)
     dec = values.pop("decoding", {}) or {}
-    dec_known = {f.name for f in fields(Decoding)}
-    bad = sorted(set(dec) - dec_known)
-    if bad:
-        raise KnowLMError(
-            f"model card {where} has unknown [decoding] keys: {', '.join(bad)}",
-            f"allowed: {', '.join(sorted(dec_known))}",
-        )
+    _reject_unknown(dec, Decoding, where)
     for key in _TUPLE_FIELDS & set(values):
         values[key] = tuple(values[key])
     card = ModelCard(**values, decoding=Decoding(**dec))

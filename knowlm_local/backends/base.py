@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from knowlm_local.errors import KnowLMError
 from knowlm_local.params import GenerationParams
 
 
@@ -73,6 +74,14 @@ class Backend(ABC):
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
+
+    def room_for(self, n_prompt: int) -> int:
+        """Tokens left for the answer after an ``n_prompt``-token prompt; an error when none are."""
+        room = self.info.n_ctx - n_prompt
+        if room <= 0:
+            raise KnowLMError(f"the prompt is {n_prompt} tokens, the context window is {self.info.n_ctx}",
+                              "raise --ctx or shorten the input")
+        return room
 
     @property
     def n_ctx(self) -> int:

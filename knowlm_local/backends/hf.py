@@ -87,10 +87,7 @@ class TransformersBackend(Backend):
 
         ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=True)["input_ids"].to(self.device)
         n_prompt = int(ids.shape[1])
-        room = self.info.n_ctx - n_prompt
-        if room <= 0:
-            raise KnowLMError(f"the prompt is {n_prompt} tokens, the context window is {self.info.n_ctx}",
-                              "raise --ctx or shorten the input")
+        room = self.room_for(n_prompt)
 
         class _Cancel(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ARG002

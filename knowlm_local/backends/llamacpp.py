@@ -123,12 +123,7 @@ class LlamaCppBackend(Backend):
 
         tokens = self.tokenize(prompt)
         n_prompt = len(tokens)
-        room = self.info.n_ctx - n_prompt
-        if room <= 0:
-            raise KnowLMError(
-                f"the prompt is {n_prompt} tokens, the context window is {self.info.n_ctx}",
-                "raise --ctx or shorten the input",
-            )
+        room = self.room_for(n_prompt)
         grammar = None
         if json_schema is not None:
             grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
