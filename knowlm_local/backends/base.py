@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from knowlm_local.errors import KnowLMError
@@ -34,7 +34,7 @@ class Chunk:
     prompt_seconds: float = 0.0  # time to evaluate the uncached part of the prompt
     decode_tokens: int = 0  # tokens the decode timer covers
     decode_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None  # engine-specific details on the last chunk (none per token: it is hot)
 
     @property
     def decode_tps(self) -> float:
