@@ -59,7 +59,8 @@ def print_models(as_json: bool = False) -> None:
     from rich.table import Table
 
     table = Table(title="Model zoo", title_justify="left")
-    for col in ("name", "model", "params", "template", "license", "download", "installed"):
+    table.add_column("name", no_wrap=True, style="bold")  # never folded: users copy it
+    for col in ("model", "params", "template", "license", "download", "installed"):
         table.add_column(col, overflow="fold")
     for c in cards:
         copies = by_card.get(c.name, [])

@@ -133,7 +133,7 @@ def load_cards(directory: str | None = None) -> tuple[ModelCard, ...]:
             if key in seen:
                 raise KnowLMError(f"model name {key!r} is used by {seen[key]} and {card.name}", "rename one")
             seen[key] = card.name
-    return tuple(cards)
+    return tuple(sorted(cards, key=lambda c: c.name))
 
 
 def find_card(name: str) -> ModelCard | None:
