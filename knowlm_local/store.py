@@ -158,18 +158,24 @@ def converted(name: str) -> list[Path]:
     return sorted(folder.glob("*.gguf")) if folder.is_dir() else []
 
 
-def _resolve_repo(repo: str, revision: str | None, quant: str | None, card: ModelCard | None) -> ResolvedModel | None:
-    """A store conversion, a ModelScope download or an HF cache snapshot of ``repo``."""
-    label = card.name if card else repo
+def _from_store(label: str, quant: str | None, card: ModelCard | None) -> ResolvedModel | None:
+    """The store's conversion of ``label`` (the asked quant or the preferred one), or None."""
     store_files = converted(label)
     chosen = pick_gguf(store_files, quant)
     if chosen:
         return ResolvedModel(f"{label}:{gguf_quant(chosen)}", "gguf", chosen, card)
     if quant and store_files:
-        raise KnowLMError(
-            f"{label} has no {quant} conversion",
-            f"available: {', '.join(gguf_quant(p) for p in store_files)}",
-        )
+        raise KnowLMError(f"{label} has no {quant} conversion",
+                          f"available: {', '.join(gguf_quant(p) for p in store_files)}")
+    return None
+
+
+def _resolve_repo(repo: str, revision: str | None, quant: str | None, card: ModelCard | None) -> ResolvedModel | None:
+    """A store conversion, a ModelScope download or an HF cache snapshot of ``repo``."""
+    label = card.name if card else repo
+    stored = _from_store(label, quant, card)
+    if stored:
+        return stored
     candidates = []
     ms = card.modelscope_repo if card else repo
     if ms and modelscope_dir(ms).is_dir():
@@ -221,6 +227,9 @@ def resolve(spec: str, revision: str | None = None) -> ResolvedModel:
         if found:
             return found
         raise KnowLMError(f"{name} is not in the local cache", f"run: knowlm-local download {name}")
+    stored = _from_store(name, quant, None)  # a conversion of a local folder, stored under its own name
+    if stored:
+        return stored
     raise unknown_model_error(name)
 
 

