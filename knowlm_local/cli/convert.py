@@ -149,7 +149,7 @@ def merge(
     output: Annotated[
         Optional[str],
         typer.Option(
-            "--output", "-o", help="Output folder. Default: <store>/<name>/merged.", show_default=False
+            "--output", "-o", help="Output folder. Default: STORE/NAME/merged.", show_default=False
         ),
     ] = None,
     dtype: Annotated[
