@@ -111,5 +111,8 @@ class Backend(ABC):
             last = chunk
         return "".join(parts), last
 
+    def reset_cache(self) -> None:
+        """Forget cached prompt state so the next call evaluates its whole prompt (a no-op where nothing is cached)."""
+
     def close(self) -> None:
         """Free the model's memory now rather than at garbage collection."""

@@ -45,6 +45,8 @@ class LlamaCppBackend(Backend):
         seed: int | None = None,
         prompt_lookup: int = 0,
         flash_attn: bool | None = None,
+        draft_model: Any = None,
+        n_threads_batch: int | None = None,
     ) -> None:
         import llama_cpp
 
@@ -68,14 +70,18 @@ class LlamaCppBackend(Backend):
             n_gpu_layers = auto_gpu_layers(
                 gpu_build, path.stat().st_size, kv, n_layers, free_vram_bytes() if gpu_build else None
             )
-        draft = None
-        if prompt_lookup > 0:
+        draft = draft_model  # any llama-cpp-python draft model (callable: token ids -> proposed ids)
+        if draft is None and prompt_lookup > 0:
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
             draft = LlamaPromptLookupDecoding(num_pred_tokens=prompt_lookup)
         kwargs: dict[str, Any] = dict(
             model_path=str(path), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, verbose=False,
-            n_threads=n_threads or _default_threads(), draft_model=draft,
+            n_threads=n_threads or _default_threads(),
+            # llama-cpp-python's default is every CPU for prompt batches, whatever n_threads says; unequal
+            # counts stall on a busy machine, so both follow --threads unless told otherwise.
+            n_threads_batch=n_threads_batch or n_threads or _default_threads(),
+            draft_model=draft,
             flash_attn=bool(flash_attn if flash_attn is not None else (gpu_build and n_gpu_layers != 0)),
         )
         if seed is not None and seed >= 0:
@@ -149,6 +155,7 @@ class LlamaCppBackend(Backend):
         t0 = time.perf_counter()
         first = None
         pieces = 0
+        produced: list[str] = []
         finish = None
         try:
             for part in stream:
@@ -157,6 +164,7 @@ class LlamaCppBackend(Backend):
                 if first is None:
                     first = time.perf_counter()
                 pieces += 1
+                produced.append(choice["text"])
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
                     break
@@ -168,7 +176,10 @@ class LlamaCppBackend(Backend):
         finally:
             stream.close()
         perf = llama_cpp.llama_perf_context(ctx)
-        generated = max(0, self.llm.n_tokens - n_prompt) + (1 if finish == "length" else 0)
+        if self.llm.draft_model is None:
+            generated = max(0, self.llm.n_tokens - n_prompt) + (1 if finish == "length" else 0)
+        else:  # with drafts in flight n_tokens also counts rejected guesses: count the text instead
+            generated = len(self.tokenize("".join(produced), add_bos=False))
         yield Chunk(
             text="",
             prompt_tokens=n_prompt,
@@ -180,6 +191,11 @@ class LlamaCppBackend(Backend):
             decode_seconds=perf.t_eval_ms / 1000.0,
             extra={"wall_seconds": time.perf_counter() - t0},
         )
+
+    def reset_cache(self) -> None:
+        """Drop the KV-cache prefix: llama-cpp-python then re-evaluates the next prompt from its first token."""
+        if getattr(self, "llm", None) is not None:
+            self.llm.reset()
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

@@ -83,6 +83,7 @@ def _root(
 from knowlm_local.cli import chat as _chat  # noqa: E402,F401
 from knowlm_local.cli import models as _models  # noqa: E402,F401
 from knowlm_local.cli import convert as _convert  # noqa: E402,F401
+from knowlm_local.cli import extract as _extract  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,145 @@
+"""What `knowlm-local extract` does, as a function: check everything cheap, load, stream, write, summarize.
+
+Every check that needs no model (task, schema, input file, output path)
+runs before the model is loaded, so a typo costs milliseconds, not a 13B
+load. llama.cpp runs with flash attention: without it, a token evaluated in a
+small batch (a speculative draft being verified) gets logits up to ~0.8 away
+from the same token evaluated alone, enough to flip greedy choices; with it,
+small batches and single tokens agree exactly on one CPU thread (measured:
+identical answers with and without drafts). llama.cpp's CPU kernels are
+still not batch-invariant in general: a prompt evaluated in one 250-token
+batch or as a cached prefix plus a 60-token suffix can differ slightly, and
+so can small batches on several threads, so a near-tie token may come out
+differently depending on what ran before.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import IO, Any
+
+from knowlm_local.errors import KnowLMError
+from knowlm_local.ie.extract import Extractor, Stats
+from knowlm_local.ie.records import Output, open_source, prepare_output, read_records
+from knowlm_local.ie.schema_io import load_schema_file, parse_schema_text
+from knowlm_local.ie.tasks import get_task
+from knowlm_local.runtime import LoadedModel, LoadOptions
+
+# Off by default: on the embedded model on a 2-core CPU (benchmarks/bench_extract.py) verifying drafts costs
+# nearly as much as decoding them one by one, and the JSON grammar's per-token cost is not amortized at all, so
+# speculation measured 0.8-0.9x. It is meant for large models, where decoding is bound by memory bandwidth.
+DEFAULT_PROMPT_LOOKUP = 0
+
+
+def resolve_schema(task: str, schema: str | None, schema_file: str | None) -> Any:
+    """The user's schema (None: the task's default for each record's language)."""
+    if schema and schema_file:
+        raise KnowLMError("--schema and --schema-file both given", "keep one of them")
+    if schema_file:
+        return load_schema_file(task, schema_file)
+    if schema is not None:
+        if not schema.strip():
+            raise KnowLMError("--schema is empty", "leave it out to use the default schema")
+        return parse_schema_text(task, schema)
+    return None
+
+
+def load_for_extract(model: str | None, options: LoadOptions | None = None,
+                     prompt_lookup: int = 0) -> tuple[LoadedModel, Any]:
+    """Load a model the way extraction wants it; returns it and the speculative drafter (or None)."""
+    from knowlm_local.runtime import choose_backend, load_model
+    from knowlm_local.store import default_model, resolve
+
+    options = options or LoadOptions()
+    resolved = resolve(model) if model else default_model()
+    draft = None
+    if choose_backend(resolved, options.backend) == "llama.cpp":
+        extra = {"flash_attn": True, **options.extra}
+        if options.n_threads:  # --threads N means N for prompts and draft checks too, not only for decoding
+            extra.setdefault("n_threads_batch", options.n_threads)
+        if prompt_lookup > 0:
+            from knowlm_local.ie.speculate import CopyDraft
+
+            draft = CopyDraft(max_draft=prompt_lookup)
+            extra["draft_model"] = draft
+        options = replace(options, extra=extra)
+    return load_model(model, options), draft
+
+
+def run_extract(
+    source: str,
+    task: str,
+    schema: str | None = None,
+    schema_file: str | None = None,
+    lang: str | None = None,
+    output: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    fmt: str = "jsonl",
+    split: str = "doc",
+    input_format: str = "auto",
+    model: str | None = None,
+    options: LoadOptions | None = None,
+    overrides: dict[str, Any] | None = None,
+    chunk_tokens: int | None = None,
+    prompt_lookup: int | None = None,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[str] | None = None,
+) -> Stats:
+    """Extract from every record of ``source`` into ``output`` (stdout when None); returns the run's counters."""
+    from rich.console import Console
+
+    from knowlm_local.ie.report import ProgressView, record_table, summary_line
+
+    spec = get_task(task)
+    if fmt not in ("jsonl", "table"):
+        raise KnowLMError(f"unknown --format {fmt!r}", "choose jsonl or table")
+    if lang is not None and lang not in ("zh", "en"):
+        raise KnowLMError(f"unknown --lang {lang!r}", "choose zh or en, or leave it out to detect per record")
+    user_schema = resolve_schema(spec.name, schema, schema_file)
+    src = open_source(source, split=split, kind=input_format, stdin=stdin)
+    out_path, skip = prepare_output(output, resume, force)
+    err = Console(stderr=True, highlight=False)
+    stdout = stdout or sys.stdout
+    table_out = Console(file=stdout, highlight=False) if fmt == "table" else None
+
+    loaded, draft = load_for_extract(model, options, DEFAULT_PROMPT_LOOKUP if prompt_lookup is None else prompt_lookup)
+    if loaded.resolved.note:
+        err.print(f"[dim]{loaded.resolved.note}[/dim]")
+    params = loaded.default_params(**{"temperature": 0.0, "repeat_penalty": 1.0,
+                                      **{k: v for k, v in (overrides or {}).items() if v is not None}})
+    extractor = Extractor(loaded, spec.name, user_schema, lang=lang, params=params, draft=draft,
+                          chunk_tokens=chunk_tokens or 256)
+    # JSONL goes to the file, or to stdout unless a table was asked for.
+    sink = Output(out_path, append=bool(skip), stdout=stdout) if (out_path or fmt == "jsonl") else None
+    skipped = 0
+    try:
+        with ProgressView(err, src.size, f"{spec.name} {src.name}") as view:
+            for record in read_records(src):
+                if skip[record["id"]] > 0:
+                    skip[record["id"]] -= 1
+                    skipped += 1
+                    view.update(src.bytes_read, extractor.stats.records)
+                    continue
+                done = extractor.extract(record)
+                if sink is not None:
+                    sink.write(done)
+                if table_out is not None:
+                    table_out.print(record_table(done))
+                view.update(src.bytes_read, extractor.stats.records)
+    except KeyboardInterrupt:
+        raise KnowLMError(f"interrupted after {extractor.stats.records} new records",
+                          "run the same command with --resume to continue where it stopped" if out_path
+                          else "write to a file with -o so that an interrupted run can be resumed") from None
+    finally:
+        if sink is not None:
+            sink.close()
+        if source != "-":
+            src.stream.close()
+        loaded.backend.close()
+    err.print(f"[dim]{summary_line(extractor.stats, skipped)}[/dim]")
+    if draft is not None and draft.proposed:
+        err.print(f"[dim]speculation: {draft.accepted}/{draft.proposed} drafted tokens accepted "
+                  f"({draft.acceptance:.0%})[/dim]")
+    return extractor.stats
