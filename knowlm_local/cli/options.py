@@ -33,7 +33,7 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU 
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.", show_default=False)]
 TemplateOpt = Annotated[
     Optional[str],
-    typer.Option("--template", help="Override the prompt template: alpaca, oneke, chatml or gguf.", show_default=False),
+    typer.Option("--template", help="Override the prompt template: alpaca, oneke, chatml, raw or gguf.", show_default=False),
 ]
 TemperatureOpt = Annotated[
     Optional[float], typer.Option("--temperature", help="0 means greedy. Default: the card's.", show_default=False)
