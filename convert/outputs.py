@@ -21,35 +21,16 @@ from pathlib import Path
 
 from knowlm_local.errors import KnowLMError
 from knowlm_local.io_utils import atomic_write_text
+from knowlm_local.io_utils import check_space as _check_space
 
 PROVENANCE = "provenance.json"
-DISK_MARGIN = 64 * 1024 * 1024
 _DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return str(n)  # pragma: no cover
-
-
-def free_bytes(folder: Path) -> int:
-    probe = Path(folder)
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
 
 
 def check_space(folder: Path, needed: int, what: str) -> None:
     """Refuse to start when ``needed`` bytes (plus a margin) will not fit in ``folder``'s filesystem."""
-    free = free_bytes(folder)
-    if needed + DISK_MARGIN > free:
-        raise KnowLMError(
-            f"not enough disk space for {what}: about {human(needed)} needed, {human(free)} free in {folder}",
-            "free some space, or write elsewhere with --output DIR (or set KNOWLM_HOME to a bigger disk)",
-        )
+    _check_space(folder, needed, what,
+                 "free some space, or write elsewhere with --output DIR (or set KNOWLM_HOME to a bigger disk)")
 
 
 def refuse_existing(paths: list[Path], force: bool) -> None:

@@ -13,17 +13,14 @@ found, gated).
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from knowlm_local.errors import KnowLMError
+from knowlm_local.io_utils import check_space
 from knowlm_local.resume import fetch_blobs
 from knowlm_local.store import hf_cache, modelscope_dir
 from knowlm_local.zoo import ModelCard, find_card, unknown_model_error
-
-DISK_MARGIN = 256 * 1024 * 1024  # keep this much free after a download
-
 
 @dataclass(frozen=True)
 class Target:
@@ -50,13 +47,6 @@ def plan_target(spec: str, revision: str | None = None, include: list[str] | Non
 
 def _endpoint(endpoint: str | None) -> str:
     return (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-
-
-def _free_bytes(folder: Path) -> int:
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
 
 
 def _hub_error(exc: Exception, target: Target, endpoint: str) -> KnowLMError:
@@ -109,12 +99,7 @@ def hf_download(target: Target, endpoint: str | None = None, token: str | None =
         raise KnowLMError(f"no files of {target.repo} match the include/exclude patterns",
                           "loosen --include / --exclude")
     needed = sum((f.file_size or 0) for f in plan if f.will_download)
-    free = _free_bytes(cache)
-    if needed + DISK_MARGIN > free:
-        raise KnowLMError(
-            f"not enough disk space: {target.repo} needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB free in {cache}",
-            "free some space, or point HF_HOME (or HF_HUB_CACHE) at a bigger disk",
-        )
+    check_space(cache, needed, target.repo, "free some space, or point HF_HOME (or HF_HUB_CACHE) at a bigger disk")
     if not progress:
         disable_progress_bars()
     try:

@@ -6,16 +6,9 @@ import json
 import sys
 
 from knowlm_local.errors import KnowLMError
+from knowlm_local.io_utils import human_size
 from knowlm_local.inventory import LocalModel, local_models, matching, remove
 from knowlm_local.zoo import load_cards
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)  # pragma: no cover
 
 
 def _status(copies: list[LocalModel]) -> str:
@@ -75,7 +68,7 @@ def print_models(as_json: bool = False) -> None:
         for col in ("name", "kind", "where", "size", "path"):
             extra.add_column(col, overflow="fold")
         for m in others:
-            extra.add_row(m.name, m.kind, m.where, _human(m.size), str(m.path))
+            extra.add_row(m.name, m.kind, m.where, human_size(m.size), str(m.path))
         console.print(extra)
     console.print("[dim]Use a model: knowlm-local chat -m NAME   Get one: knowlm-local download NAME[/dim]")
 
@@ -90,18 +83,18 @@ def remove_interactive(name: str, assume_yes: bool = False) -> int:
         raise KnowLMError(f"nothing installed matches {name!r}", "see `knowlm-local models` for local names")
     err = Console(stderr=True, highlight=False)
     for m in hits:
-        err.print(f"  {m.name:40} {m.where:11} {_human(m.size):>9}  {m.path}", markup=False)
+        err.print(f"  {m.name:40} {m.where:11} {human_size(m.size):>9}  {m.path}", markup=False)
     if any(m.where == "embedded" for m in hits):
         remove([m for m in hits if m.where == "embedded"])  # raises with the uninstall hint
     total = sum(m.size for m in hits)
     if not assume_yes:
         try:
-            confirmed = typer.confirm(f"Delete {len(hits)} item(s), {_human(total)}?", default=False, err=True)
+            confirmed = typer.confirm(f"Delete {len(hits)} item(s), {human_size(total)}?", default=False, err=True)
         except typer.Abort:  # end of input: treat as "no"
             confirmed = False
         if not confirmed:
             err.print("nothing deleted (pass --yes to skip this question)")
             return 0
     freed = remove(hits)
-    err.print(f"removed {len(hits)} item(s), freed {_human(freed)}")
+    err.print(f"removed {len(hits)} item(s), freed {human_size(freed)}")
     return freed

@@ -145,7 +145,8 @@ def test_disk_full_leaves_nothing_behind(tiny_llama_dir, tmp_path, cli_env):
 
 
 def test_check_space_refuses_before_writing(tmp_path):
-    from knowlm_local.convert.outputs import check_space, free_bytes
+    from knowlm_local.convert.outputs import check_space
+    from knowlm_local.io_utils import free_bytes
 
     with pytest.raises(KnowLMError, match="not enough disk space"):
         check_space(tmp_path, free_bytes(tmp_path) + 10**12, "a model")
