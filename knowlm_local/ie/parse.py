@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,57 +82,47 @@ class _Reader:
         return self.bare()
 
     def obj(self) -> dict[str, Any]:
-        self.i += 1
         out: dict[str, Any] = {}
-        while True:
-            try:
-                c = self.peek()
-            except _Truncated:
-                self.note("truncated")
-                return out
-            if c == "}":
+
+        def item(c: str) -> None:
+            key = self.string() if c in "\"'" else self.bare(key=True)
+            if self.peek() != ":":
+                self.note("missing colon")
+            else:
                 self.i += 1
-                return out
-            if c == ",":
-                self.i += 1
-                self.note("extra commas")
-                continue
-            try:
-                key = self.string() if c in "\"'" else self.bare(key=True)
-                if self.peek() != ":":
-                    self.note("missing colon")
-                else:
-                    self.i += 1
-                out[str(key)] = self.value()
-            except _Truncated:
-                self.note("truncated")
-                return out
-            if self._after_item("}"):
-                return out
+            out[str(key)] = self.value()
+
+        self._items("}", item)
+        return out
 
     def arr(self) -> list[Any]:
-        self.i += 1
         out: list[Any] = []
+        self._items("]", lambda _c: out.append(self.value()))
+        return out
+
+    def _items(self, close: str, item: Callable[[str], None]) -> None:
+        """Read a container's items up to ``close`` (the opener is at ``self.i``); truncation ends it quietly."""
+        self.i += 1
         while True:
             try:
                 c = self.peek()
             except _Truncated:
                 self.note("truncated")
-                return out
-            if c == "]":
+                return
+            if c == close:
                 self.i += 1
-                return out
+                return
             if c == ",":
                 self.i += 1
                 self.note("extra commas")
                 continue
             try:
-                out.append(self.value())
+                item(c)
             except _Truncated:
                 self.note("truncated")
-                return out
-            if self._after_item("]"):
-                return out
+                return
+            if self._after_item(close):
+                return
 
     def _after_item(self, close: str) -> bool:
         """Consume the separator after an item; True when the container ended (closed or truncated)."""
