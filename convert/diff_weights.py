@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-
 from knowlm_local.convert.tensors import Checkpoint, to_float32
+
 from knowlm_local.errors import KnowLMError
 
 # KnowLM README, "2.7 MD5" (zhixi-13b-diff and zhixi-13b-diff-fp16 shards).

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from knowlm_local.convert.source import WeightStream
 from knowlm_local.convert.tensors import to_float32
 from knowlm_local.convert.tokenizer import Vocab
+
 from knowlm_local.errors import KnowLMError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "LLaMAForCausalLM")

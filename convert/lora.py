@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from knowlm_local.convert.tensors import Checkpoint, TensorMeta
+
 from knowlm_local.errors import KnowLMError
 
 _PREFIX = "base_model.model."

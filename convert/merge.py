@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from knowlm_local.convert.outputs import atomic_dir, check_space, disk_error, now, tool_versions
 from knowlm_local.convert.progress import Progress
 from knowlm_local.convert.tensors import FLOAT_DTYPES, to_float32
+
 from knowlm_local.errors import KnowLMError
 
 COPY_FILES = (
@@ -148,8 +148,9 @@ def merge(
     progress: Progress | None = None,
 ) -> MergeResult:
     """Merge a LoRA adapter (or a ZhiXi diff) into ``spec``'s weights and save an HF safetensors folder."""
-    from knowlm_local import store
     from knowlm_local.convert.pipeline import _base_record, prepare
+
+    from knowlm_local import store
 
     progress = progress or Progress()
     prep = prepare(

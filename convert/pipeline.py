@@ -28,6 +28,7 @@ from knowlm_local.convert.outputs import (
 from knowlm_local.convert.progress import Progress
 from knowlm_local.convert.quantize import FLOAT_TYPES, bits_per_weight, parse_quants, quantize, read_imatrix
 from knowlm_local.convert.resolve import Source, check_base_name, resolve_source
+
 from knowlm_local.errors import KnowLMError
 
 

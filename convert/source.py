@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
-
 from knowlm_local.convert.diff_weights import DiffRecovery
 from knowlm_local.convert.lora import LoraAdapter
 from knowlm_local.convert.tensors import FLOAT_DTYPES, Checkpoint, TensorMeta, to_float32

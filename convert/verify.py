@@ -274,6 +274,7 @@ def verify_spec(
 ) -> list[VerifyResult]:
     """``verify`` for what a user types: a GGUF path or store name; HF folder from its provenance."""
     from knowlm_local.convert.outputs import read_provenance
+
     from knowlm_local.store import resolve
 
     path = Path(gguf).expanduser()

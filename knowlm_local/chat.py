@@ -294,13 +294,12 @@ def run_chat(model: str | None, options: Any, prompt: str | None = None, read_st
     """What `knowlm-local chat` does: load, then one-shot (``prompt`` / ``read_stdin``) or the REPL."""
     import sys
 
-    from rich.console import Console
-
     from knowlm_local.runtime import load_model
+    from knowlm_local.term import stderr_console
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    err = Console(stderr=True, highlight=False)
+    err = stderr_console()
     if read_stdin:
         prompt = stdin.read()
         if not prompt.strip():

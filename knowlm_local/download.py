@@ -22,6 +22,7 @@ from knowlm_local.resume import fetch_blobs
 from knowlm_local.store import hf_cache, modelscope_dir
 from knowlm_local.zoo import ModelCard, find_card, unknown_model_error
 
+
 @dataclass(frozen=True)
 class Target:
     """What to fetch: a repo, a revision and file patterns (from the card or the user)."""

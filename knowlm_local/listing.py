@@ -6,8 +6,8 @@ import json
 import sys
 
 from knowlm_local.errors import KnowLMError
-from knowlm_local.io_utils import human_size
 from knowlm_local.inventory import LocalModel, local_models, matching, remove
+from knowlm_local.io_utils import human_size
 from knowlm_local.zoo import load_cards
 
 
@@ -76,12 +76,13 @@ def print_models(as_json: bool = False) -> None:
 def remove_interactive(name: str, assume_yes: bool = False) -> int:
     """Show what ``name`` matches, ask, delete. Returns bytes freed."""
     import typer
-    from rich.console import Console
+
+    from knowlm_local.term import stderr_console
 
     hits = matching(name)
     if not hits:
         raise KnowLMError(f"nothing installed matches {name!r}", "see `knowlm-local models` for local names")
-    err = Console(stderr=True, highlight=False)
+    err = stderr_console()
     for m in hits:
         err.print(f"  {m.name:40} {m.where:11} {human_size(m.size):>9}  {m.path}", markup=False)
     if any(m.where == "embedded" for m in hits):

@@ -11,6 +11,7 @@ character-for-character against the published formats.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from knowlm_local.errors import KnowLMError
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}

@@ -9,8 +9,8 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import knowlm_exe
+
 from knowlm_local.chat import ChatSession, Repl, format_stats, one_shot
 from knowlm_local.errors import KnowLMError
 from knowlm_local.params import GenerationParams

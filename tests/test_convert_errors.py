@@ -13,13 +13,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from convert_fixtures import *  # noqa: F401,F403  (the session fixtures)
 from convert_fixtures import build_tiny_llama, gguf_logits, hf_logits, make_lora
 from knowlm_local.convert.merge import merge
 from knowlm_local.convert.pipeline import convert
-from knowlm_local.errors import KnowLMError
 from test_convert_writer import PROMPT_IDS, rel_error
+
+from knowlm_local.errors import KnowLMError
 
 
 class Payload:
@@ -146,6 +146,7 @@ def test_disk_full_leaves_nothing_behind(tiny_llama_dir, tmp_path, cli_env):
 
 def test_check_space_refuses_before_writing(tmp_path):
     from knowlm_local.convert.outputs import check_space
+
     from knowlm_local.io_utils import free_bytes
 
     with pytest.raises(KnowLMError, match="not enough disk space"):

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-
 from convert_fixtures import *  # noqa: F401,F403  (the session fixtures)
 from convert_fixtures import build_tiny_llama, gguf_logits, hf_logits, install_in_hf_cache, make_lora
 from knowlm_local.convert.merge import merge
 from knowlm_local.convert.pipeline import convert
-from knowlm_local.errors import KnowLMError
 from test_convert_writer import PROMPT_IDS, rel_error
+
+from knowlm_local.errors import KnowLMError
 
 
 def _peft_merged(base, adapter) -> dict:

@@ -6,7 +6,6 @@ import io
 import json
 
 import numpy as np
-
 from convert_fixtures import *  # noqa: F401,F403  (the session fixtures)
 from convert_fixtures import install_in_hf_cache
 from knowlm_local.convert.pipeline import convert

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from convert_fixtures import *  # noqa: F401,F403  (the session fixtures)
 from convert_fixtures import SAMPLES, build_tiny_llama, gguf_logits, gguf_tokenize, hf_logits
 from knowlm_local.convert.pipeline import convert
+
 from knowlm_local.errors import KnowLMError
 
 PROMPT_IDS = [1, 454, 379, 286, 509, 458, 449, 262, 472, 287, 317, 25, 40, 41, 300, 301, 302, 303]

@@ -10,9 +10,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import knowlm_exe
 from hubserver import HubServer, Repo
+
 from knowlm_local.cli import app
 from knowlm_local.download import download
 from knowlm_local.errors import KnowLMError

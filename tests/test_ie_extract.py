@@ -9,8 +9,8 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import knowlm_exe
+
 from knowlm_local.cli import app
 from knowlm_local.ie.extract import Extractor
 from knowlm_local.ie.run import load_for_extract

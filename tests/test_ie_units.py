@@ -18,7 +18,6 @@ from knowlm_local.ie.spans import locate
 from knowlm_local.ie.speculate import CopyDraft
 from knowlm_local.ie.tasks import TASKS, get_task, group_labels, split_groups, validate_schema
 
-
 # -- tasks and schemas ---------------------------------------------------------------------------
 
 def test_unknown_task():

@@ -26,8 +26,8 @@ def test_wheel_contents(tmp_path):
 
 
 def test_installed_package_finds_cards_and_converter():
-    from knowlm_local.zoo import cards_dir, load_cards
-
     import knowlm_local.convert  # noqa: F401  (importable under the package, not as `convert`)
+
+    from knowlm_local.zoo import cards_dir, load_cards
 
     assert len(load_cards()) == len(list(cards_dir().glob("*.toml"))) >= 7

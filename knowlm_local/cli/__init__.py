@@ -37,10 +37,11 @@ app = typer.Typer(
 
 def report(exc: KnowLMError) -> None:
     """Print a user error as ``error:`` / ``hint:`` lines on stderr."""
-    from rich.console import Console
     from rich.markup import escape
 
-    err = Console(stderr=True, highlight=False)
+    from knowlm_local.term import stderr_console
+
+    err = stderr_console()
     err.print(f"[bold red]error:[/bold red] {escape(exc.message)}")
     if exc.hint:
         err.print(f"[bold]hint:[/bold] {escape(exc.hint)}")
@@ -80,10 +81,13 @@ def _root(
 
 
 # Command modules register themselves on import; they import only typer and option types.
+# The import order is the order of commands in --help.
+# isort: off
 from knowlm_local.cli import chat as _chat  # noqa: E402,F401
 from knowlm_local.cli import models as _models  # noqa: E402,F401
 from knowlm_local.cli import convert as _convert  # noqa: E402,F401
 from knowlm_local.cli import extract as _extract  # noqa: E402,F401
+# isort: on
 
 
 def main() -> None:

@@ -8,8 +8,19 @@ import typer
 
 from knowlm_local.cli import command
 from knowlm_local.cli.options import (
-    BackendOpt, CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, RepeatPenaltyOpt, SeedOpt, TemperatureOpt,
-    TemplateOpt, ThreadsOpt, TopKOpt, TopPOpt, load_options,
+    BackendOpt,
+    CtxOpt,
+    GpuLayersOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    RepeatPenaltyOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TemplateOpt,
+    ThreadsOpt,
+    TopKOpt,
+    TopPOpt,
+    load_options,
 )
 
 EPILOG = """\

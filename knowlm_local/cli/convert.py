@@ -35,11 +35,10 @@ SkipChecksumOpt = Annotated[
 
 
 def _progress():
-    from rich.console import Console
-
     from knowlm_local.convert.progress import Progress
+    from knowlm_local.term import stderr_console
 
-    err = Console(stderr=True, highlight=False)
+    err = stderr_console()
     return Progress(
         enabled=sys.stderr.isatty(), say=lambda text: err.print(text, markup=False, soft_wrap=True)
     )

@@ -8,7 +8,15 @@ import typer
 
 from knowlm_local.cli import command
 from knowlm_local.cli.options import (
-    BackendOpt, CtxOpt, GpuLayersOpt, MaxTokensOpt, ModelOpt, SeedOpt, TemplateOpt, ThreadsOpt, load_options,
+    BackendOpt,
+    CtxOpt,
+    GpuLayersOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    TemplateOpt,
+    ThreadsOpt,
+    load_options,
 )
 
 EXTRACT_EPILOG = """\

@@ -45,11 +45,10 @@ def download(
     no_base: Annotated[bool, typer.Option("--no-base", help="For a LoRA adapter, do not fetch its base model.")] = False,
 ) -> None:
     """Download a model into the Hugging Face cache (shared with other HF tools)."""
-    from rich.console import Console
-
     from knowlm_local.download import download as run
+    from knowlm_local.term import stderr_console
 
-    err = Console(stderr=True, highlight=False)
+    err = stderr_console()
     run(name, revision=revision, include=include, exclude=exclude, endpoint=endpoint, token=token,
         source=source, with_base=not no_base, say=lambda text: err.print(text, markup=False))
 

@@ -91,6 +91,7 @@ def run_extract(
     from rich.console import Console
 
     from knowlm_local.ie.report import ProgressView, record_table, summary_line
+    from knowlm_local.term import stderr_console
 
     spec = get_task(task)
     if fmt not in ("jsonl", "table"):
@@ -100,7 +101,7 @@ def run_extract(
     user_schema = resolve_schema(spec.name, schema, schema_file)
     src = open_source(source, split=split, kind=input_format, stdin=stdin)
     out_path, skip = prepare_output(output, resume, force)
-    err = Console(stderr=True, highlight=False)
+    err = stderr_console()
     stdout = stdout or sys.stdout
     table_out = Console(file=stdout, highlight=False) if fmt == "table" else None
 
