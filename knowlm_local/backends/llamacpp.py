@@ -47,8 +47,11 @@ class LlamaCppBackend(Backend):
         flash_attn: bool | None = None,
         draft_model: Any = None,
         n_threads_batch: int | None = None,
+        fast_sampling: bool = True,
     ) -> None:
         import llama_cpp
+
+        from knowlm_local.backends.llamacpp_fast import llama_class
 
         path = Path(model_path)
         check_header(path)
@@ -87,7 +90,7 @@ class LlamaCppBackend(Backend):
         if seed is not None and seed >= 0:
             kwargs["seed"] = seed
         try:
-            self.llm = llama_cpp.Llama(**kwargs)
+            self.llm = llama_class(fast_sampling)(**kwargs)
         except (ValueError, RuntimeError) as exc:
             raise KnowLMError(f"cannot load {path.name}: {diagnose(path)}",
                               "re-download or re-convert the model; a GGUF from a newer llama.cpp may need "

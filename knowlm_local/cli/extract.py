@@ -65,9 +65,9 @@ def extract(
     chunk_tokens: Annotated[Optional[int], typer.Option("--chunk-tokens", help="Most text tokens per prompt "
                                                         "(default 256, capped by the context).",
                                                         show_default=False)] = None,
-    prompt_lookup: Annotated[Optional[int], typer.Option("--prompt-lookup", help="Draft up to N tokens copied "
-                                                         "from the text (speculative decoding; 0 = off).",
-                                                         show_default=False)] = None,
+    prompt_lookup: Annotated[Optional[int], typer.Option(
+        "--prompt-lookup", help="Draft up to N tokens copied from the text and earlier answers (speculative "
+        "decoding; 0 = off, 6 is a good start).", show_default=False)] = None,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Default 0: greedy, as OneKE's card.",

@@ -26,9 +26,11 @@ from knowlm_local.ie.schema_io import load_schema_file, parse_schema_text
 from knowlm_local.ie.tasks import get_task
 from knowlm_local.runtime import LoadedModel, LoadOptions
 
-# Off by default: on the embedded model on a 2-core CPU (benchmarks/bench_extract.py) verifying drafts costs
-# nearly as much as decoding them one by one, and the JSON grammar's per-token cost is not amortized at all, so
-# speculation measured 0.8-0.9x. It is meant for large models, where decoding is bound by memory bandwidth.
+# Off by default. On the embedded model on a 2-core CPU (benchmarks/bench_extract.py) drafts of 6 speed up
+# decoding 1.1-1.3x (NER, 83% of drafted tokens accepted) but only ~1.06x on EE, because verifying a batch
+# of 7 tokens costs ~4 single steps when a small model is compute-bound; and on several threads llama.cpp's
+# batched and single-token kernels round differently, so a rare near-tie can flip (1 in ~16 EE records).
+# Speculation is meant for large models, where decoding is memory-bound and a batch costs about one step.
 DEFAULT_PROMPT_LOOKUP = 0
 
 
