@@ -8,9 +8,14 @@ from the same token evaluated alone, enough to flip greedy choices; with it,
 small batches and single tokens agree exactly on one CPU thread (measured:
 identical answers with and without drafts). llama.cpp's CPU kernels are
 still not batch-invariant in general: a prompt evaluated in one 250-token
-batch or as a cached prefix plus a 60-token suffix can differ slightly, and
-so can small batches on several threads, so a near-tie token may come out
-differently depending on what ran before.
+batch or as a cached prefix plus a 60-token suffix can differ slightly, so a
+near-tie token may come out differently depending on what ran before. And on
+several threads, once the KV cache holds 256 tokens or more, a single token
+goes through ggml's split-KV attention (the cache divided among threads, the
+partial sums merged), which rounds differently from the batched kernel that
+verifies drafts: logits move by up to ~1, and greedy answers with and
+without drafts diverge (6 of 16 EE answers on 2 threads). A Q8_0 or BF16 KV
+cache avoids that path and makes them agree again, at ~8% decode speed.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from knowlm_local.runtime import LoadedModel, LoadOptions
 
 # Off by default. On the embedded model on a 2-core CPU (benchmarks/bench_extract.py) drafts of 6 speed up
 # decoding 1.1-1.3x (NER, 83% of drafted tokens accepted) but only ~1.06x on EE, because verifying a batch
-# of 7 tokens costs ~4 single steps when a small model is compute-bound; and on several threads llama.cpp's
-# batched and single-token kernels round differently, so a rare near-tie can flip (1 in ~16 EE records).
-# Speculation is meant for large models, where decoding is memory-bound and a batch costs about one step.
+# of 7 tokens costs ~4 single steps when a small model is compute-bound; and on several threads the answers
+# are not bit-identical to plain decoding (see the module docstring). Speculation is meant for large models,
+# where decoding is memory-bound and a batch costs about one step.
 DEFAULT_PROMPT_LOOKUP = 0
 
 

@@ -23,7 +23,8 @@ llama.cpp verifies every draft with the model itself and keeps only the
 tokens greedy decoding would have produced, so the answer is unchanged as long
 as a token's logits do not depend on the batch it was evaluated in. With flash
 attention on (as extract runs llama.cpp) that holds exactly on one CPU thread;
-on several threads rare near-ties can flip (see :mod:`knowlm_local.ie.run`).
+on several threads llama.cpp decodes single tokens with a differently rounded
+kernel once the context passes 256 tokens (see :mod:`knowlm_local.ie.run`).
 The object follows llama-cpp-python's draft-model protocol: it is called with
 all token ids so far and returns the proposed next ids.
 """
