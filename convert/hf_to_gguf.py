@@ -21,7 +21,6 @@ Llama-specific facts the writer encodes:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from knowlm_local.convert.source import WeightStream
 from knowlm_local.convert.tensors import to_float32
-from knowlm_local.convert.tokenizer import Vocab
+from knowlm_local.convert.tokenizer import Vocab, read_json
 
 from knowlm_local.errors import KnowLMError
 
@@ -89,12 +88,7 @@ def read_config(folder: Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise KnowLMError(f"{folder} has no config.json", "point at a Hugging Face model folder")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise KnowLMError(
-            f"{path} is not valid JSON ({exc})", "the file is damaged: download it again"
-        ) from exc
+    return read_json(path)
 
 
 def check_architecture(config: dict, folder: Path) -> None:

@@ -76,7 +76,8 @@ class Vocab:
             writer.add_chat_template(self.chat_template)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file of a model folder; {} when it is absent (most are optional)."""
     if not path.is_file():
         return {}
     try:
@@ -100,7 +101,7 @@ def _added_tokens(folder: Path, tok_json: dict, tok_cfg: dict) -> dict[int, tupl
         added[int(tok["id"])] = (tok["content"], bool(tok.get("special")))
     for key, tok in (tok_cfg.get("added_tokens_decoder") or {}).items():
         added[int(key)] = (tok["content"], bool(tok.get("special")))
-    for content, token_id in _read_json(folder / "added_tokens.json").items():
+    for content, token_id in read_json(folder / "added_tokens.json").items():
         added.setdefault(int(token_id), (content, False))
     return added
 
@@ -112,7 +113,7 @@ def chat_template(folder: Path, tok_cfg: dict) -> str | list[dict] | None:
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
-    return _read_json(folder / "chat_template.json").get("chat_template") or None
+    return read_json(folder / "chat_template.json").get("chat_template") or None
 
 
 def detect_pre(tok_json: dict) -> str:
@@ -293,9 +294,9 @@ def _bpe_vocab(
 def load_vocab(folder: Path, n_vocab: int, config: dict | None = None, pre: str | None = None) -> Vocab:
     """Read the tokenizer files in ``folder`` for a model whose embedding has ``n_vocab`` rows."""
     folder = Path(folder)
-    config = config or _read_json(folder / "config.json")
-    tok_json = _read_json(folder / "tokenizer.json")
-    tok_cfg = _read_json(folder / "tokenizer_config.json")
+    config = config or read_json(folder / "config.json")
+    tok_json = read_json(folder / "tokenizer.json")
+    tok_cfg = read_json(folder / "tokenizer_config.json")
     if tok_json and _is_byte_level(tok_json):
         vocab = _bpe_vocab(folder, tok_json, tok_cfg, config, n_vocab, pre)
     elif (folder / "tokenizer.model").is_file():
