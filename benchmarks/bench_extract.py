@@ -30,6 +30,7 @@ share that parse at all, and the share of extracted spans not found in the
 text.
 
     python benchmarks/bench_extract.py [--limit 79] [--max-tokens 96] [--draft 6] [--stock 10] [--model PATH]
+                                       [--gpu-layers -1]
 Targets: records/s >= 2x naive; decode >= 1.5x with speculation, identical outputs; 100% parse.
 """
 
@@ -40,6 +41,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -77,13 +79,13 @@ class Timed:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
 
 
-def load(path, ctx, threads, draft=None, stock=0, fast=True):
+def load(path, ctx, threads, draft=None, stock=0, fast=True, gpu_layers=0):
     from knowlm_local.runtime import LoadOptions, load_model
 
     extra = {"flash_attn": True, "n_threads_batch": threads, "fast_sampling": fast}
     if draft is not None:
         extra["draft_model"] = draft
-    return load_model(path, LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=0, prompt_lookup=stock,
+    return load_model(path, LoadOptions(n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, prompt_lookup=stock,
                                         extra=extra))
 
 
@@ -139,6 +141,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=4, help="records per turn; the configurations take turns")
     ap.add_argument("--task", default="NER", help="any extract task; its default English schema is used")
     ap.add_argument("--model", help="GGUF path (default: the embedded SmolLM2)")
+    ap.add_argument("--gpu-layers", type=int, default=0, help="layers on the GPU (-1: all; needs a GPU build)")
     args = ap.parse_args()
 
     from knowlm_local.embedded import embedded_gguf
@@ -146,18 +149,18 @@ def main() -> None:
 
     path = args.model or str(embedded_gguf())
     records = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()][:args.limit]
-    print(f"model {path}\n{len(records)} records, CPU, {args.threads} threads, ctx {args.ctx}, "
+    print(f"model {path}\n{len(records)} records, {'CPU' if args.gpu_layers == 0 else f'GPU layers {args.gpu_layers}'}, {args.threads} threads, ctx {args.ctx}, "
           f"max_tokens {args.max_tokens}, {args.task} default English schema, greedy + JSON grammar", flush=True)
     draft = CopyDraft(max_draft=args.draft)
+    loader = partial(load, path, args.ctx, args.threads, gpu_layers=args.gpu_layers)
     configs = [
-        Config("naive", load(path, args.ctx, args.threads, fast=False), args.max_tokens, args.task, naive=True),
-        Config("extract, stock sampler", load(path, args.ctx, args.threads, fast=False), args.max_tokens, args.task),
-        Config("extract", load(path, args.ctx, args.threads), args.max_tokens, args.task),
-        Config(f"extract+CopyDraft({args.draft})", load(path, args.ctx, args.threads, draft=draft), args.max_tokens,
-               args.task, draft=draft),
+        Config("naive", loader(fast=False), args.max_tokens, args.task, naive=True),
+        Config("extract, stock sampler", loader(fast=False), args.max_tokens, args.task),
+        Config("extract", loader(), args.max_tokens, args.task),
+        Config(f"extract+CopyDraft({args.draft})", loader(draft=draft), args.max_tokens, args.task, draft=draft),
     ]
     if args.stock:
-        configs.append(Config(f"extract+stock lookup({args.stock})", load(path, args.ctx, args.threads, stock=args.stock),
+        configs.append(Config(f"extract+stock lookup({args.stock})", loader(stock=args.stock),
                               args.max_tokens, args.task))
     busy0, total0 = cpu_busy()
     cpu0 = time.process_time()
