@@ -308,19 +308,10 @@ def held_out_text() -> str:
 
 def perplexity(path: Path, tokens: list[int], ctx: int = 512) -> float:
     """exp(mean NLL) of each token given the ones before it in its window of ``ctx`` tokens."""
-    import llama_cpp
     import numpy as np
+    from knowlm_local.convert.verify import open_scorer
 
-    threads = os.cpu_count() or 1
-    llm = llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=ctx,
-        n_batch=ctx,
-        logits_all=True,
-        verbose=False,
-        n_threads=threads,
-        n_threads_batch=threads,
-    )
+    llm = open_scorer(path, ctx)
     nll, count = 0.0, 0
     try:
         for start in range(0, len(tokens) - 1, ctx):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -156,25 +157,16 @@ def reference_logits(
     return ids, logits
 
 
-def compare(
-    gguf: Path,
-    prompts: list[str],
-    ids: list[list[int]],
-    ref: list[np.ndarray],
-    quant: str | None = None,
-    threads: int | None = None,
-) -> VerifyResult:
-    """Run the same ids through llama.cpp and score the agreement with the reference logits."""
+def open_scorer(gguf: str | Path, n_ctx: int, threads: int | None = None) -> Any:
+    """A CPU llama.cpp context that keeps the logits of every position (for comparisons and perplexity)."""
     import llama_cpp
 
-    quant = quant or file_quant(gguf)
-    n_ctx = max(len(t) for t in ids) + 16
     # The same thread count for single-token and batch evaluation: llama-cpp-python's defaults differ
     # (half the CPUs vs all of them), and OpenMP resizing its team between the two can stall for seconds
     # on a busy machine.
     threads = threads or os.cpu_count() or 1
     try:
-        llm = llama_cpp.Llama(
+        return llama_cpp.Llama(
             model_path=str(gguf),
             n_ctx=n_ctx,
             n_batch=n_ctx,
@@ -188,6 +180,20 @@ def compare(
         raise KnowLMError(
             f"llama.cpp cannot load {gguf}", "the conversion produced an unusable file"
         ) from exc
+
+
+def compare(
+    gguf: Path,
+    prompts: list[str],
+    ids: list[list[int]],
+    ref: list[np.ndarray],
+    quant: str | None = None,
+    threads: int | None = None,
+) -> VerifyResult:
+    """Run the same ids through llama.cpp and score the agreement with the reference logits."""
+    quant = quant or file_quant(gguf)
+    n_ctx = max(len(t) for t in ids) + 16
+    llm = open_scorer(gguf, n_ctx, threads)
     agree = total = matches = 0
     kls, worst = [], 0.0
     try:
