@@ -63,7 +63,7 @@ class LlamaSpec:
             hidden = int(config["hidden_size"])
             rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
             theta = rope.get("rope_theta", config.get("rope_theta"))
-            return cls(
+            spec = cls(
                 n_layers=int(config["num_hidden_layers"]),
                 hidden=hidden,
                 ffn=int(config["intermediate_size"]),
@@ -77,9 +77,14 @@ class LlamaSpec:
                 vocab_size=int(config.get("vocab_size") or 0),
                 tied=bool(config.get("tie_word_embeddings", False)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+            bad = [k for k in ("n_layers", "hidden", "ffn", "n_heads", "n_kv_heads", "head_dim", "context")
+                   if getattr(spec, k) <= 0]
+            if bad or spec.n_heads % spec.n_kv_heads:
+                raise ValueError(f"impossible shape: {', '.join(bad) or 'heads not a multiple of kv heads'}")
+            return spec
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise KnowLMError(
-                f"{folder / 'config.json'} lacks a Llama setting ({exc})",
+                f"{folder / 'config.json'} lacks a Llama setting or has one of the wrong type ({exc})",
                 "the config.json is incomplete or not a Llama config",
             ) from exc
 
@@ -93,6 +98,7 @@ def read_config(folder: Path) -> dict:
 
 def check_architecture(config: dict, folder: Path) -> None:
     archs = config.get("architectures") or []
+    archs = [str(a) for a in archs] if isinstance(archs, list) else [str(archs)]
     if not archs and config.get("model_type") == "llama":
         return
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):

@@ -17,7 +17,6 @@ fit the base: that is an adapter trained for another model.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -75,7 +74,9 @@ class LoraAdapter:
                 f"{self.folder} is not a LoRA adapter: adapter_config.json is missing",
                 "pass the folder that PEFT's save_pretrained wrote",
             )
-        self.config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        from knowlm_local.jsonio import read_json
+
+        self.config = read_json(cfg_path, what="adapter config", hint="the adapter is damaged: download it again")
         self._refuse_unsupported()
         files = [
             p

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from knowlm_local.convert.hf_to_gguf import read_config
 from knowlm_local.convert.outputs import atomic_dir, check_space, disk_error, now, tool_versions
 from knowlm_local.convert.progress import Progress
 from knowlm_local.convert.tensors import FLOAT_DTYPES, to_float32
@@ -192,7 +193,7 @@ def merge(
             checksum = prep.stream.finish()
             if checksum:
                 record["diff"]["checksum"] = checksum
-            config = json.loads((source.folder / "config.json").read_text(encoding="utf-8"))
+            config = read_config(source.folder)
             config["torch_dtype"] = config["dtype"] = _TORCH_NAMES[dtype]
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             for name in COPY_FILES:

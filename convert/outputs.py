@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from knowlm_local.errors import KnowLMError
-from knowlm_local.io_utils import atomic_write_text
+from knowlm_local.io_utils import atomic_write_text, temp_sibling, write_error
 from knowlm_local.io_utils import check_space as _check_space
 
 PROVENANCE = "provenance.json"
-_DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def check_space(folder: Path, needed: int, what: str) -> None:
@@ -49,23 +46,14 @@ def publish(path: Path) -> None:
 
 def disk_error(exc: OSError, path: Path) -> KnowLMError:
     """A write failure as a user error: full disk and file-size limits get their own hint."""
-    short_write = exc.errno is None and "requested and" in str(exc)  # numpy's tofile on a full disk
-    if exc.errno in _DISK_ERRORS or short_write:
-        return KnowLMError(
-            f"the disk filled up while writing {path.name}; the partial file was removed",
-            "free some space, or write elsewhere with --output DIR",
-        )
-    return KnowLMError(
-        f"cannot write {path}: {exc.strerror or exc}", "check the folder's permissions and free space"
-    )
+    return write_error(exc, path)
 
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path, force: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``dest`` that replaces it only when the block succeeds."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    tmp = temp_sibling(dest, folder=True)
     try:
         yield tmp
         old = None
@@ -102,12 +90,12 @@ def now() -> str:
 
 def read_provenance(folder: Path) -> dict:
     path = Path(folder) / PROVENANCE
-    if not path.is_file():
+    if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
+    from knowlm_local.jsonio import read_json
+
+    return read_json(path, what="provenance file",
+                     hint=f"fix or delete {path} (it only records where the files beside it came from)")
 
 
 def record_provenance(folder: Path, model: str, records: dict[str, dict]) -> Path:

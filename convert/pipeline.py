@@ -270,6 +270,9 @@ def _destination(label: str, output, quants: list[str]) -> tuple[Path, str]:
                 "pass a folder as --output",
             )
         return out.parent, out.stem
+    if out.exists() and not out.is_dir():
+        raise KnowLMError(f"--output {out} is an existing file, not a folder or a .gguf name",
+                          "pass a folder, or a file name ending in .gguf")
     return out, store.slug(label)
 
 

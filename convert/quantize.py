@@ -85,7 +85,14 @@ def read_imatrix(path: Path) -> dict[str, np.ndarray]:
 def _read_gguf_imatrix(path: Path) -> dict[str, np.ndarray]:
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path))
+    from knowlm_local.gguf_check import scan
+
+    scan(path)  # truncation and damage reported in one line, before gguf's reader trips over them
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, struct.error) as exc:
+        raise KnowLMError(f"{path} is not a readable importance matrix ({exc})",
+                          "pass the file written by llama-imatrix") from exc
     sums, counts = {}, {}
     for t in reader.tensors:
         if t.name.endswith(".in_sum2"):

@@ -121,15 +121,16 @@ def _adapter_source(
     adapter: Path, card: ModelCard | None, revision: str | None = None, repo: str | None = None
 ) -> Source:
     """An adapter given as the source: find its base (the card's ``base``, else adapter_config's)."""
-    import json
-
     if card is not None:
         base = resolve_source(card.base)
         base.lora, base.lora_card = adapter, card
         base.label = card.name
         base.extra = {"adapter_repo": card.hf_repo, "adapter_revision": revision or card.revision}
         return base
-    cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    from knowlm_local.jsonio import read_json
+
+    cfg = read_json(adapter / "adapter_config.json", what="adapter config",
+                    hint="the adapter download is damaged: download it again")
     named = str(cfg.get("base_model_name_or_path") or "")
     if not named:
         raise KnowLMError(

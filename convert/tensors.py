@@ -23,7 +23,6 @@ Arrays are numpy: F32 and F16 as themselves, BF16 as its raw ``uint16`` bits
 from __future__ import annotations
 
 import contextlib
-import json
 import mmap
 import struct
 from collections.abc import Iterator
@@ -95,35 +94,50 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def read_safetensors_header(path: Path) -> list[TensorMeta]:
-    """Tensor metadata of one safetensors file, in file order."""
+    """Tensor metadata of one safetensors file, in file order; every field checked against the file."""
+    from knowlm_local.jsonio import decode_utf8, loads
+
+    hint = "the download may be incomplete or damaged: download it again"
     try:
+        size = path.stat().st_size
         with open(path, "rb") as fh:
             raw = fh.read(8)
             if len(raw) < 8:
-                raise ValueError("shorter than 8 bytes")
+                raise KnowLMError(f"{path.name} is truncated at byte {len(raw)}: a safetensors file starts with an "
+                                  "8-byte header length", hint)
             (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise ValueError(f"header length {n} is implausible")
-            header = json.loads(fh.read(n))
-    except (OSError, ValueError) as exc:
-        raise KnowLMError(
-            f"{path.name} is not a readable safetensors file ({exc})",
-            "the download may be incomplete or damaged: download it again",
-        ) from exc
-    size = path.stat().st_size
+            if n > min(100_000_000, size - 8):
+                raise KnowLMError(f"{path.name} is not a readable safetensors file: its header length {n} is larger "
+                                  f"than {'the file' if n <= 100_000_000 else 'any real header'} ({size} bytes)", hint)
+            text = decode_utf8(fh.read(n), f"the header of {path.name}", hint)
+    except OSError as exc:
+        raise KnowLMError(f"cannot read {path}: {exc.strerror}", "check the file and its permissions") from exc
+    header = loads(text, f"the header of {path.name}", hint)
+    if not isinstance(header, dict):
+        raise KnowLMError(f"{path.name} is not a safetensors file: its header is not a JSON object", hint)
     base = 8 + n
     metas = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        start, end = info["data_offsets"]
-        meta = TensorMeta(name, tuple(int(d) for d in info["shape"]), info["dtype"], path, base + start)
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        ok = (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and o >= 0 for o in offsets)
+              and offsets[0] <= offsets[1] and isinstance(shape, list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+              and isinstance(dtype, str))
+        if not ok:
+            raise KnowLMError(f"{path.name}: the header entry of tensor {name!r} is damaged "
+                              "(needs dtype, shape and data_offsets)", hint)
+        start, end = offsets
+        meta = TensorMeta(name, tuple(shape), dtype, path, base + start)
         if base + end > size:
             raise KnowLMError(
-                f"{path.name} is truncated: tensor {name} ends at byte {base + end}, the file has {size}",
+                f"{path.name} is truncated at byte {size}: tensor {name} needs bytes {base + start}-{base + end}",
                 "download the file again",
             )
-        if info["dtype"] in _ST_DTYPES and end - start != meta.nbytes:
+        if dtype in _ST_DTYPES and end - start != meta.nbytes:
             raise KnowLMError(
                 f"{path.name}: tensor {name} has {end - start} bytes for shape {meta.shape}",
                 "the file is damaged: download it again",

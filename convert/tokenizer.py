@@ -78,14 +78,11 @@ class Vocab:
 
 def read_json(path: Path) -> dict:
     """A JSON file of a model folder; {} when it is absent (most are optional)."""
-    if not path.is_file():
+    if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise KnowLMError(
-            f"{path} is not valid JSON ({exc})", "the file is damaged: download it again"
-        ) from exc
+    from knowlm_local.jsonio import read_json as read
+
+    return read(path, what=path.name, hint="the file is damaged: download it again")
 
 
 def _content(value) -> str | None:

@@ -139,12 +139,17 @@ def reference_logits(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype))
-    if lora is not None:
-        from peft import PeftModel
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, dtype))
+        if lora is not None:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, lora).merge_and_unload()
+            model = PeftModel.from_pretrained(model, lora).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise KnowLMError(f"transformers cannot load {hf_dir}{' with ' + str(lora) if lora else ''}: "
+                          f"{str(exc).splitlines()[0][:300]}",
+                          "check that the folder has config.json, weights and tokenizer files") from exc
     model.eval()
     ids, logits = [], []
     with torch.inference_mode():
@@ -241,9 +246,14 @@ def verify(
             f"{hf_dir} is not a Hugging Face model folder (no config.json)",
             "pass the folder the GGUF was converted from",
         )
-    for path in ggufs:
+    from knowlm_local.convert.hf_to_gguf import LlamaSpec, read_config
+    from knowlm_local.gguf_check import scan
+
+    for path in ggufs:  # the cheap checks first: a damaged GGUF must not cost a transformers load
         if not Path(path).is_file():
             raise KnowLMError(f"no such GGUF file: {path}", "check the path")
+        scan(Path(path))
+    LlamaSpec.from_config(read_config(hf_dir), hf_dir)
     prompts = list(prompts or DEFAULT_PROMPTS)
     if say:
         say(f"running {len(prompts)} prompts through transformers ({hf_dir.name}) for reference logits")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,19 +113,40 @@ class ChatSession:
         return atomic_write_text(Path(path), json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
     def load(self, path: str | Path) -> None:
+        """Restore a conversation written by :meth:`save`; anything else is refused, the session unchanged."""
+        from knowlm_local.jsonio import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in data.get("messages", [])]
-            params = self.params
-            for key, value in (data.get("params") or {}).items():
-                if key in GenerationParams.field_names():
-                    params = replace(params, **{key: tuple(value) if key == "stop" else value})
-        except FileNotFoundError:
-            raise KnowLMError(f"no such file: {path}", "check the name given to /load") from None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise KnowLMError(f"{path} is not a saved chat ({exc})", "use a file written by /save") from None
-        self.system, self.messages, self.params = data.get("system"), messages, params
+        hint = "use a file written by /save"
+        data = read_json(path, what="saved chat", hint=hint)
+        raw_messages = data.get("messages", [])
+        if not isinstance(raw_messages, list):
+            raise KnowLMError(f"{path}: \"messages\" is not a list", hint)
+        messages = []
+        for i, m in enumerate(raw_messages):
+            if not (isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)):
+                raise KnowLMError(f"{path}: message {i + 1} is not {{\"role\": \"user\"|\"assistant\", "
+                                  f"\"content\": \"...\"}}", hint)
+            messages.append({"role": m["role"], "content": m["content"]})
+        system = data.get("system")
+        if system is not None and not isinstance(system, str):
+            raise KnowLMError(f"{path}: \"system\" is not a string", hint)
+        params = self.params
+        saved = data.get("params") or {}
+        if not isinstance(saved, dict):
+            raise KnowLMError(f"{path}: \"params\" is not an object", hint)
+        for key, value in saved.items():
+            if key not in GenerationParams.field_names():
+                continue
+            kind = "list" if key == "stop" else str(next(f.type for f in fields(GenerationParams) if f.name == key))
+            ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)) if kind == "list" else (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (kind == "float" or float(value).is_integer()))
+            if not ok:
+                raise KnowLMError(f"{path}: parameter {key} is {value!r}, not a {kind}", hint)
+            value = tuple(value) if kind == "list" else (float(value) if kind == "float" else int(value))
+            params = replace(params, **{key: value})  # GenerationParams checks the range
+        self.system, self.messages, self.params = system, messages, params
 
 
 # ---------------------------------------------------------------------------

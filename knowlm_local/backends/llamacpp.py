@@ -21,7 +21,7 @@ from typing import Any
 
 from knowlm_local.backends.base import Backend, BackendInfo, Chunk
 from knowlm_local.errors import KnowLMError
-from knowlm_local.gguf_check import check_header, diagnose, read_metadata
+from knowlm_local.gguf_check import diagnose, read_metadata, scan
 from knowlm_local.params import GenerationParams
 
 DEFAULT_CTX_CAP = 8192  # without a model card, never allocate more KV cache than this by default
@@ -54,7 +54,7 @@ class LlamaCppBackend(Backend):
         from knowlm_local.backends.llamacpp_fast import llama_class
 
         path = Path(model_path)
-        check_header(path)
+        scan(path)  # a damaged or truncated file is refused here, in one line, before llama.cpp sees it
         arch = str(read_metadata(path, {"general.architecture"}).get("general.architecture", "llama"))
         meta = read_metadata(path, _shape_keys(arch))
         n_layers = int(meta.get(f"{arch}.block_count", 0) or 0)

@@ -90,12 +90,57 @@ from knowlm_local.cli import extract as _extract  # noqa: E402,F401
 # isort: on
 
 
-def main() -> None:
-    """Console-script entry point."""
+def _usage_error(exc) -> KnowLMError:
+    """A click usage error (unknown option, value out of range, missing argument) as our error/hint pair."""
+    message = " ".join(exc.format_message().split())
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "knowlm-local"
+    return KnowLMError(message.replace("\n", " "), f"see `{path} --help` for the options and their ranges")
+
+
+def _kinds(exc: BaseException) -> set[str]:
+    """Class names along ``exc``'s MRO: click's exceptions are matched by name, because typer vendors its own
+    copy of click in recent releases and uses the real one in older ones."""
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: every failure ends as ``error:`` / ``hint:`` lines and exit code 1.
+
+    Click's own usage errors (exit code 2, a boxed message) are reported the
+    same way as ours. An exception that is neither (a bug) still gets one
+    ``error:`` line instead of a traceback, unless ``KNOWLM_DEBUG`` is set.
+    """
+    debug = bool(os.environ.get("KNOWLM_DEBUG"))
     try:
-        app()
+        code = app(args=argv, standalone_mode=False)
     except KnowLMError as exc:  # raised outside a command body (e.g. in a callback)
-        if os.environ.get("KNOWLM_DEBUG"):
+        if debug:
             raise
         report(exc)
-        sys.exit(1)
+        code = 1
+    except BrokenPipeError:  # `knowlm-local extract ... | head`: the reader left, nothing to say
+        code = 1
+    except Exception as exc:
+        kinds = _kinds(exc)
+        if "NoArgsIsHelpError" in kinds:  # bare `knowlm-local`: the help, not an error
+            typer.echo(exc.ctx.get_help())  # type: ignore[attr-defined]
+            code = 0
+        elif "UsageError" in kinds:
+            report(_usage_error(exc))
+            code = 1
+        elif "Abort" in kinds:
+            report(KnowLMError("interrupted", "run the command again; long jobs resume where they stopped"))
+            code = 130
+        elif "ClickException" in kinds:
+            report(KnowLMError(exc.format_message(), "see `knowlm-local --help`"))  # type: ignore[attr-defined]
+            code = 1
+        else:  # a bug: say so in one line rather than dump a traceback on a user
+            if debug:
+                raise
+            detail = " ".join(str(exc).split())[:300]
+            report(KnowLMError(f"internal error: {type(exc).__name__}: {detail}",
+                               "this is a bug in knowlm-local: run again with KNOWLM_DEBUG=1 and report the traceback"))
+            code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -8,6 +8,9 @@ import typer
 
 from knowlm_local.cli import command
 from knowlm_local.cli.options import (
+    MAX_CTX,
+    MAX_PENALTY,
+    MAX_TEMPERATURE,
     BackendOpt,
     CtxOpt,
     GpuLayersOpt,
@@ -16,6 +19,7 @@ from knowlm_local.cli.options import (
     SeedOpt,
     TemplateOpt,
     ThreadsOpt,
+    above_zero,
     load_options,
 )
 
@@ -64,17 +68,18 @@ def extract(
     input_format: Annotated[str, typer.Option("--input-format", help="auto, txt or jsonl.")] = "auto",
     chunk_tokens: Annotated[Optional[int], typer.Option("--chunk-tokens", help="Most text tokens per prompt "
                                                         "(default 256, capped by the context).",
-                                                        show_default=False)] = None,
+                                                        show_default=False, min=16, max=MAX_CTX)] = None,
     prompt_lookup: Annotated[Optional[int], typer.Option(
         "--prompt-lookup", help="Draft up to N tokens copied from the text and earlier answers (speculative "
-        "decoding; 0 = off, 6 is a good start).", show_default=False)] = None,
+        "decoding; 0 = off, 6 is a good start).", show_default=False, min=0, max=64)] = None,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Default 0: greedy, as OneKE's card.",
-                                                         show_default=False)] = None,
+                                                         show_default=False, min=0.0, max=MAX_TEMPERATURE)] = None,
     repeat_penalty: Annotated[Optional[float], typer.Option("--repeat-penalty", help="Default 1.0 (none): a "
                                                             "penalty would push the model off repeated JSON syntax.",
-                                                            show_default=False)] = None,
+                                                            show_default=False, min=0.0, max=MAX_PENALTY,
+                                                            callback=above_zero(f"0<x<={MAX_PENALTY:g}"))] = None,
     seed: SeedOpt = None,
     ctx: CtxOpt = None,
     n_gpu_layers: GpuLayersOpt = None,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from knowlm_local.errors import KnowLMError
+from knowlm_local.io_utils import write_error
 
 SPLITS = ("doc", "para", "line")
 DOC_LIMIT = 64 * 1024 * 1024  # one-document mode holds the file in memory: refuse beyond this
@@ -116,7 +117,7 @@ def _text_of(obj: dict[str, Any]) -> str | None:
     if isinstance(instr, str):
         try:
             inner = json.loads(instr)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return None
         if isinstance(inner, dict) and isinstance(inner.get("input"), str):
             return inner["input"]
@@ -134,6 +135,9 @@ def read_records(src: Source) -> Iterator[dict[str, Any]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise KnowLMError(f"line {line_no} of {src.name} is not valid JSON: {exc.msg} (column {exc.colno})",
+                                  "fix that line, or read the file as plain text with --input-format txt") from None
+            except RecursionError:
+                raise KnowLMError(f"line {line_no} of {src.name} nests JSON too deeply to read",
                                   "fix that line, or read the file as plain text with --input-format txt") from None
             if not isinstance(obj, dict) or _text_of(obj) is None:
                 raise KnowLMError(f"line {line_no} of {src.name} has no \"text\" string",
@@ -182,7 +186,7 @@ def done_ids(path: Path) -> Counter[str]:
             try:
                 rec = json.loads(raw)
                 done[str(rec["id"])] += 1
-            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
                 raise KnowLMError(f"line {line_no} of {path} is not an extract record",
                                   "this is not an output of `knowlm-local extract`; use --force to overwrite it") from None
             good_end += len(raw)
@@ -201,19 +205,31 @@ class Output:
             self.fh = stdout or sys.stdout
             self.own = False
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="\n")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="\n")
+            except OSError as exc:
+                raise write_error(exc, path) from None
             self.own = True
 
     def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.fh.flush()
+        try:
+            self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.fh.flush()
+        except OSError as exc:
+            if self.path is None:
+                raise
+            raise write_error(exc, self.path) from None
 
     def close(self) -> None:
         if self.own:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.fh.close()
+            try:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+            except OSError as exc:
+                raise write_error(exc, self.path) from None
+            finally:
+                self.fh.close()
 
 
 def prepare_output(path: str | None, resume: bool, force: bool) -> tuple[Path | None, Counter[str]]:
@@ -233,4 +249,15 @@ def prepare_output(path: str | None, resume: bool, force: bool) -> tuple[Path | 
         if not force:
             raise KnowLMError(f"{out} already exists",
                               "pass --resume to continue it, or --force to overwrite it")
+    check_writable(out)
     return out, Counter()
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, not after loading a model, when ``out`` cannot be written (missing, read-only folder)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, out) from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise KnowLMError(f"cannot write {out}: permission denied", "choose a folder you can write to with -o")

@@ -42,6 +42,8 @@ def parse_schema_text(task: str, text: str) -> Schema:
         except json.JSONDecodeError as exc:
             raise KnowLMError(f"--schema is not valid JSON: {exc.msg} at column {exc.colno}",
                               f"{spec.name} schema: {SHAPE_HELP[spec.item]}") from None
+        except RecursionError:
+            raise KnowLMError("--schema nests JSON too deeply", f"{spec.name} schema: {SHAPE_HELP[spec.item]}") from None
         return validate_schema(spec.name, value)
     if spec.item == "label":
         return validate_schema(spec.name, _split(text, _LABEL_SEP))
@@ -93,6 +95,9 @@ def _load_yaml(path: Path, text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise _yaml_error(path, exc) from None
+    except RecursionError:
+        raise KnowLMError(f"{path} nests YAML too deeply to read",
+                          "a schema is a flat list of labels or schema objects") from None
 
 
 def load_schema_file(task: str, path: str | Path) -> Schema:
@@ -123,6 +128,9 @@ def load_schema_file(task: str, path: str | Path) -> Schema:
             if suffix == ".json" or text.lstrip()[:1] in "[{":
                 raise _json_error(path, exc) from None
             value = _load_yaml(path, text)
+        except RecursionError:
+            raise KnowLMError(f"{path} nests JSON too deeply to read",
+                              "a schema is a flat list of labels or schema objects") from None
     if value is None:
         raise KnowLMError(f"{path} is empty", f"{spec.name} schema: {SHAPE_HELP[spec.item]}")
     if isinstance(value, dict) and "schema" in value and set(value) <= {"schema", "task"}:

@@ -31,29 +31,49 @@ from knowlm_local.ie.tasks import get_task
 Tuple = tuple[str, ...]
 
 
+def _s(value: Any) -> str:
+    """A tuple element as a string: files from other tools put numbers (or worse) where strings belong."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def result_tuples(task: str, result: dict[str, Any]) -> dict[str, list[tuple[str, Tuple]]]:
-    """Tuples of an extract ``result`` by level, each with its type (for per-type scores)."""
+    """Tuples of an extract ``result`` by level, each with its type (for per-type scores).
+
+    Values of the wrong shape (a number where a list belongs, say) contribute
+    nothing rather than failing the whole file: one odd record must not hide
+    the scores of the other 10,000.
+    """
     levels: dict[str, list[tuple[str, Tuple]]] = {}
     ev = levels.setdefault("event" if task in ("EE", "EEA") else "tuple", [])
     args = levels.setdefault("argument", []) if task in ("EE", "EEA") else None
-    for label, values in (result or {}).items():
+    for label, values in _dict(result).items():
         if task == "KG":
-            for name, attrs in (values or {}).items():
-                for attr, value in (attrs or {}).items():
+            for name, attrs in _dict(values).items():
+                for attr, value in _dict(attrs).items():
                     ev += [(attr, (name, attr, v)) for v in values_of(value)]
             continue
-        for item in values or []:
-            if task == "NER" or task == "EET":
+        for item in _list(values):
+            if task in ("NER", "EET"):
                 if isinstance(item, str) and item not in ABSENT:
                     ev.append((label, (item, label)))
             elif task in ("RE", "SPO"):
                 if isinstance(item, dict):
-                    ev.append((label, (str(item.get("subject", "")), label, str(item.get("object", "")))))
+                    ev.append((label, (_s(item.get("subject", "")), label, _s(item.get("object", "")))))
             elif isinstance(item, dict):
-                trigger = str(item.get("trigger", "")) if task == "EE" else ""
+                trigger = _s(item.get("trigger", "")) if task == "EE" else ""
                 ev.append((label, (label, "" if trigger in ABSENT else trigger)))
                 roles = item.get("arguments", {}) if task == "EE" else item
-                for role, value in (roles or {}).items():
+                for role, value in _dict(roles).items():
                     args += [(label, (label, v, role)) for v in values_of(value)]  # type: ignore[operator]
     return levels
 
@@ -64,29 +84,31 @@ def gold_tuples(task: str, record: dict[str, Any]) -> dict[str, list[tuple[str, 
         return result_tuples(task, record["result"])
     label = record.get("label")
     if isinstance(label, str):
-        try:
-            label = json.loads(label)
-        except json.JSONDecodeError:
-            raise KnowLMError(f"gold record {record.get('id')!r} has a \"label\" that is not JSON",
-                              "IEPile test files store the label as a JSON string") from None
+        from knowlm_local.jsonio import loads
+
+        label = loads(label, f"the \"label\" of gold record {record.get('id')!r}",
+                      "IEPile test files store the label as a JSON string")
     if label is None:
         label = record.get({"NER": "entity", "EE": "event", "EEA": "event", "EET": "event"}.get(task, "relation"), [])
     levels = result_tuples(task, {})
-    for it in label or []:
+    for it in _list(label):
         if not isinstance(it, dict):
             continue
         if task == "NER":
-            levels["tuple"].append((it.get("entity_type", ""), (it.get("entity", ""), it.get("entity_type", ""))))
+            kind = _s(it.get("entity_type", ""))
+            levels["tuple"].append((kind, (_s(it.get("entity", "")), kind)))
         elif task in ("RE", "SPO", "KG"):
-            rel = it.get("relation", "")
-            levels["tuple"].append((rel, (it.get("head", ""), rel, it.get("tail", ""))))
+            rel = _s(it.get("relation", ""))
+            levels["tuple"].append((rel, (_s(it.get("head", "")), rel, _s(it.get("tail", "")))))
         elif task == "EET":
-            levels["tuple"].append((it.get("event_type", ""), (it.get("event_trigger", ""), it.get("event_type", ""))))
+            kind = _s(it.get("event_type", ""))
+            levels["tuple"].append((kind, (_s(it.get("event_trigger", "")), kind)))
         else:
-            etype = it.get("event_type", "")
-            levels["event"].append((etype, (etype, it.get("event_trigger", "") if task == "EE" else "")))
-            for arg in it.get("arguments", []) or []:
-                levels["argument"].append((etype, (etype, arg.get("argument", ""), arg.get("role", ""))))
+            etype = _s(it.get("event_type", ""))
+            levels["event"].append((etype, (etype, _s(it.get("event_trigger", "")) if task == "EE" else "")))
+            for arg in _list(it.get("arguments")):
+                if isinstance(arg, dict):
+                    levels["argument"].append((etype, (etype, _s(arg.get("argument", "")), _s(arg.get("role", "")))))
     return levels
 
 
@@ -122,24 +144,9 @@ class Tally:
 
 
 def _read_jsonl(path: Path, what: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    try:
-        fh = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise KnowLMError(f"no such {what} file: {path}", "check the path") from None
-    with fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KnowLMError(f"line {line_no} of {path} is not valid JSON: {exc.msg}",
-                                  f"the {what} file must be JSON Lines") from None
-            except UnicodeDecodeError:
-                raise KnowLMError(f"{path} is not UTF-8", "re-encode it as UTF-8") from None
-            if not isinstance(obj, dict):
-                raise KnowLMError(f"line {line_no} of {path} is not a JSON object", f"the {what} file must be JSON Lines")
-            yield line_no, obj
+    from knowlm_local.jsonio import iter_jsonl
+
+    return iter_jsonl(path, what, hint=f"the {what} file must be JSON Lines, one object per line")
 
 
 def _load_predictions(path: Path, task: str | None) -> tuple[str | None, dict[str, dict[str, Any]], int]:
@@ -147,12 +154,12 @@ def _load_predictions(path: Path, task: str | None) -> tuple[str | None, dict[st
     preds: dict[str, dict[str, Any]] = {}
     unparseable = 0
     for line_no, rec in _read_jsonl(path, "prediction"):
-        task = task or rec.get("task")
+        task = task or (rec.get("task") if isinstance(rec.get("task"), str) else None)
         key = str(rec.get("id", line_no))
         entry = preds.setdefault(key, {"result": {}, "outputs": []})
         if isinstance(rec.get("result"), dict):
             entry["result"] = rec["result"]
-            unparseable += sum(1 for e in rec.get("errors", []) if e.get("kind") == "unparseable")
+            unparseable += sum(1 for e in _list(rec.get("errors")) if isinstance(e, dict) and e.get("kind") == "unparseable")
         elif isinstance(rec.get("output"), str):
             parsed = parse_answer(rec["output"])
             if parsed.ok:
