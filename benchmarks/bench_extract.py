@@ -32,6 +32,12 @@ text.
     python benchmarks/bench_extract.py [--limit 79] [--max-tokens 96] [--draft 6] [--stock 10] [--model PATH]
                                        [--gpu-layers -1]
 Targets: records/s >= 2x naive; decode >= 1.5x with speculation, identical outputs; 100% parse.
+
+    python benchmarks/bench_extract.py --copy strict,loose,off [--lang zh,en] [--limit 80] [--task ner]
+
+compares the copy constraint's modes instead, on the hand-annotated dev split of recipes/data/tinyie (zh
+and en separately): records/s, decode tokens/s, answers cut by max_tokens, hallucinated spans and micro-F1.
+Targets: 0 hallucinated spans under strict, < 2% truncated, zh records/s >= 5x off, F1 not lower than off.
 """
 
 from __future__ import annotations
@@ -57,12 +63,17 @@ class Timed:
         self.inner = backend.generate
         self.decode_tokens = 0
         self.decode_seconds = 0.0
+        self.wall_tokens = 0
+        self.wall_seconds = 0.0
         backend.generate = self
 
-    def __call__(self, prompt, params, json_schema=None, cancel=None):
+    def __call__(self, prompt, params, json_schema=None, cancel=None, copy=None):
         first = last = None
         pieces = []
-        for chunk in self.inner(prompt, params, json_schema=json_schema, cancel=cancel):
+        for chunk in self.inner(prompt, params, json_schema=json_schema, cancel=cancel, copy=copy):
+            if chunk.finish_reason is not None:  # wall-clock decode time, the same measure on every path
+                self.wall_tokens += chunk.completion_tokens
+                self.wall_seconds += (chunk.extra or {}).get("wall_seconds", 0.0) - chunk.prompt_seconds
             if chunk.text:
                 now = time.perf_counter()
                 first = now if first is None else first
@@ -92,13 +103,13 @@ def load(path, ctx, threads, draft=None, stock=0, fast=True, gpu_layers=0):
 class Config:
     """One way of running extraction: a model, an Extractor over it, and its own clock."""
 
-    def __init__(self, name, model, max_tokens, task, naive=False, draft=None):
+    def __init__(self, name, model, max_tokens, task, naive=False, draft=None, copy="off"):
         from knowlm_local.ie.extract import Extractor
         from knowlm_local.ie.tasks import split_groups
 
         self.name, self.model, self.naive, self.draft = name, model, naive, draft
         self.timed = Timed(model.backend)
-        self.ex = Extractor(model, task, lang="en", draft=draft,
+        self.ex = Extractor(model, task, lang="en", draft=draft, copy=copy,
                             params=model.default_params(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens))
         self.groups = split_groups(task, self.ex.schema_for("en"))
         self.seconds = 0.0
@@ -130,8 +141,84 @@ def cpu_busy() -> tuple[int, int]:
     return fields[0] + fields[1] + fields[2], sum(fields)
 
 
+GOLD = Path(__file__).resolve().parents[1] / "recipes" / "data" / "tinyie"
+
+
+def micro_f1(task, records, results) -> float:
+    """IEPile micro-F1 of ``results`` against the gold annotations of ``records`` (knowlm_local.ie.score)."""
+    from knowlm_local.ie.score import Tally, gold_tuples, result_tuples
+
+    tally = Tally()
+    for rec, result in zip(records, results, strict=True):
+        level = "tuple"
+        tally.add(gold_tuples(task, rec)[level], result_tuples(task, result)[level])
+    return tally.report()["overall"]["f1"]
+
+
+def copy_main(args) -> None:
+    """``--copy strict,loose,off``: the copy constraint's effect, per language, on hand-annotated records.
+
+    Records: the hand-written dev split of recipes/data/tinyie (zh and en, gold NER and RE), never trained on.
+    The modes take turns on blocks of records over one loaded model.
+    """
+    from knowlm_local.embedded import embedded_gguf
+    from knowlm_local.ie.extract import Extractor
+
+    modes = [m.strip() for m in args.copy.split(",") if m.strip()]
+    path = args.model or str(embedded_gguf())
+    model = load(path, args.ctx, args.threads, gpu_layers=args.gpu_layers)
+    timed = Timed(model.backend)
+    task = args.task.upper()
+    max_tokens = args.max_tokens or model.default_params().max_tokens
+    print(f"model {path}\n{task}, greedy + JSON grammar, max_tokens {max_tokens}, {args.threads} threads, "
+          f"modes {', '.join(modes)}", flush=True)
+    summary = {}
+    for lang in [x.strip() for x in args.lang.split(",")]:
+        records = [json.loads(line) for line in (GOLD / f"dev.{lang}.jsonl").read_text(encoding="utf-8").splitlines()
+                   if line.strip()][:args.limit]
+        runs = {}
+        for mode in modes:
+            ex = Extractor(model, task, lang=lang, copy=mode,
+                           params=model.default_params(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens))
+            runs[mode] = {"ex": ex, "seconds": 0.0, "results": [], "tokens": 0, "decode": 0.0}
+        for i in range(0, len(records), args.block):
+            block = records[i:i + args.block]
+            for mode in modes if (i // args.block) % 2 == 0 else modes[::-1]:
+                run = runs[mode]
+                t0, tok0, dec0 = time.perf_counter(), timed.wall_tokens, timed.wall_seconds
+                for rec in block:
+                    run["results"].append(run["ex"].extract({"id": rec["id"], "text": rec["text"]})["result"])
+                run["seconds"] += time.perf_counter() - t0
+                run["tokens"] += timed.wall_tokens - tok0
+                run["decode"] += timed.wall_seconds - dec0
+        print(f"\n[{lang}] {len(records)} records")
+        for mode, run in runs.items():
+            st = run["ex"].stats
+            f1 = micro_f1(task, records, run["results"])
+            tps = run["tokens"] / run["decode"] if run["decode"] else 0.0
+            run.update(rate=len(records) / run["seconds"], f1=f1, tps=tps,
+                       truncated=st.truncated / st.calls if st.calls else 0.0)
+            print(f"  {mode:7} {run['rate']:5.2f} rec/s  decode {tps:6.1f} tok/s ({run['tokens']} tokens)  "
+                  f"truncated {st.truncated}/{st.calls} = {run['truncated']:.1%}  hallucinated "
+                  f"{st.hallucinated}/{st.spans} = {st.hallucination_rate:.1%}  micro-F1 {100 * f1:.2f}")
+        summary[lang] = runs
+    for lang, runs in summary.items():
+        if "off" not in runs:
+            continue
+        off = runs["off"]
+        for mode in (m for m in runs if m != "off"):
+            run = runs[mode]
+            print(f"RATIO [{lang}] records/s {mode} / off = {run['rate'] / off['rate']:.2f}x"
+                  f"{' (target >= 5x)' if lang == 'zh' else ''}; decode tok/s {mode} / off = "
+                  f"{run['tps'] / off['tps'] if off['tps'] else 0:.2f}x; micro-F1 {100 * run['f1']:.2f} vs "
+                  f"{100 * off['f1']:.2f} (target: not lower); truncated {run['truncated']:.1%} (target < 2%)")
+    model.backend.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copy", help="compare copy modes instead, e.g. strict,loose,off (on the tinyie dev split)")
+    ap.add_argument("--lang", default="zh,en", help="with --copy: languages")
     ap.add_argument("--limit", type=int, default=79, help="records to use (79 = all 300 sentences)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--draft", type=int, default=6, help="CopyDraft's longest draft")
@@ -143,6 +230,10 @@ def main() -> None:
     ap.add_argument("--model", help="GGUF path (default: the embedded SmolLM2)")
     ap.add_argument("--gpu-layers", type=int, default=0, help="layers on the GPU (-1: all; needs a GPU build)")
     args = ap.parse_args()
+    if args.copy:
+        if "--max-tokens" not in sys.argv:
+            args.max_tokens = None  # the model card's (512 for the embedded model): long enough to loop
+        return copy_main(args)
 
     from knowlm_local.embedded import embedded_gguf
     from knowlm_local.ie.speculate import CopyDraft

@@ -67,6 +67,7 @@ class Backend(ABC):
     """A loaded model that can count tokens and stream completions."""
 
     info: BackendInfo
+    supports_copy: bool = False  # whether generate() enforces a copy constraint
 
     @abstractmethod
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
@@ -94,12 +95,17 @@ class Backend(ABC):
         params: GenerationParams,
         json_schema: dict[str, Any] | None = None,
         cancel: Any = None,
+        copy: Any = None,
     ) -> Iterator[Chunk]:
         """Stream the completion of ``prompt``.
 
         ``json_schema`` constrains the output to JSON matching it (where the
         engine supports it). ``cancel`` is an optional ``threading.Event``-like
         object; when set, the stream ends with ``finish_reason == "cancelled"``.
+        ``copy`` (a :class:`knowlm_local.ie.copy.Constraint`, with a schema and
+        greedy decoding) also makes every extracted string a substring of the
+        text and refuses repeated list items, where the engine supports it
+        (:attr:`supports_copy`); elsewhere it is ignored.
         """
 
     def complete(self, prompt: str, params: GenerationParams, **kwargs: Any) -> tuple[str, Chunk]:

@@ -80,6 +80,7 @@ class TransformersBackend(Backend):
         params: GenerationParams,
         json_schema: dict[str, Any] | None = None,
         cancel: Any = None,
+        copy: Any = None,
     ) -> Iterator[Chunk]:
         """Stream with ``TextIteratorStreamer``; ``json_schema`` is not enforced here (parse tolerantly)."""
         import torch

@@ -121,21 +121,46 @@ class LlamaCppBackend(Backend):
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
+    supports_copy = True
+
+    def vocab(self):
+        """The vocabulary as bytes with lookup tables (built on first use, ~0.1 s for 49k tokens)."""
+        if getattr(self, "_vocab", None) is None:
+            from knowlm_local.backends.constrained import Vocab
+            from knowlm_local.backends.llamacpp_copy import vocab_pieces
+
+            self._vocab = Vocab(vocab_pieces(self.llm))
+        return self._vocab
+
+    def grammar_for(self, json_schema: dict[str, Any]):
+        """llama.cpp's grammar for ``json_schema``, compiled once per schema."""
+        import llama_cpp
+
+        cache = self.__dict__.setdefault("_grammars", {})
+        key = json.dumps(json_schema, sort_keys=True, ensure_ascii=False)
+        if key not in cache:
+            cache[key] = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
+        return cache[key]
+
     def generate(
         self,
         prompt: str,
         params: GenerationParams,
         json_schema: dict[str, Any] | None = None,
         cancel: Any = None,
+        copy: Any = None,
     ) -> Iterator[Chunk]:
         import llama_cpp
 
+        if copy is not None and json_schema is not None and _greedy(params):
+            from knowlm_local.backends.llamacpp_copy import copy_generate
+
+            yield from copy_generate(self, prompt, params.max_tokens, json_schema, copy, cancel)
+            return
         tokens = self.tokenize(prompt)
         n_prompt = len(tokens)
         room = self.room_for(n_prompt)
-        grammar = None
-        if json_schema is not None:
-            grammar = llama_cpp.LlamaGrammar.from_json_schema(json.dumps(json_schema), verbose=False)
+        grammar = self.grammar_for(json_schema) if json_schema is not None else None
         cached = llama_cpp.Llama.longest_token_prefix(self.llm._input_ids.tolist(), tokens)
         if params.seed >= 0:
             self.llm.set_seed(params.seed)
@@ -205,6 +230,11 @@ class LlamaCppBackend(Backend):
         if llm is not None:
             llm.close()
             self.llm = None
+
+
+def _greedy(params: GenerationParams) -> bool:
+    return (params.temperature == 0 and params.repeat_penalty == 1.0 and params.presence_penalty == 0
+            and params.frequency_penalty == 0)
 
 
 def _default_threads() -> int:

@@ -96,6 +96,20 @@ class GreedyGrammarSampler:
         best = self._best(ids, self._allowed(ids, logits))
         return best[0] if best is not None else token
 
+    def allowed(self, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """A copy of ``logits`` for ``ids`` with -inf where the grammar refuses the token (the grammar unchanged)."""
+        return self._allowed(np.asarray(ids, dtype=np.int32), np.asarray(logits, dtype=np.float32)).copy()
+
+    def accept(self, token: int) -> None:
+        self._lib.llama_sampler_accept(self._smpl, token)
+
+    def clone(self) -> GreedyGrammarSampler:
+        """An independent copy of the grammar's state (to undo the tokens accepted after it)."""
+        twin = object.__new__(GreedyGrammarSampler)
+        twin.__dict__.update(self.__dict__)
+        twin._smpl = self._lib.llama_sampler_clone(self._smpl)
+        return twin
+
     def sample(self, ctx: Any, idx: int) -> int:
         ptr = self._lib.llama_get_logits_ith(ctx.ctx, idx)
         token = self._choose(np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)))

@@ -32,6 +32,10 @@ EXTRACT_EPILOG = """\
 * `knowlm-local extract docs.jsonl --task ner -o out.jsonl --resume` — continue an interrupted run
 * `cat a.txt | knowlm-local extract - --task ner --format table` — a table instead of JSONL
 * `knowlm-local extract big.txt --split line --task kg --schema "person: date of birth|occupation"`
+* `knowlm-local extract news.txt --task ner --copy loose` — also accept case / full-width / spacing variants
+
+Every extracted string is copied from the text (`--copy strict`, the default): the decoder refuses any
+token that would leave the text, and a list that starts repeating itself is closed.
 
 Tasks: ner, re, spo, ee, eet, eea, kg. `--schema` forms: `"a,b"` (ner/re/eet), `"type: role|role; ..."`
 (ee/eea/kg), `"subject_type/predicate/object_type, ..."` (spo), or inline JSON.
@@ -72,6 +76,11 @@ def extract(
     prompt_lookup: Annotated[Optional[int], typer.Option(
         "--prompt-lookup", help="Draft up to N tokens copied from the text and earlier answers (speculative "
         "decoding; 0 = off, 6 is a good start).", show_default=False, min=0, max=64)] = None,
+    copy: Annotated[str, typer.Option(
+        "--copy", help="`strict`: every extracted string is copied from the text, no item twice in a list; `loose`: "
+        "also case / full-width / spacing variants; `off`: only the JSON shape is enforced.")] = "strict",
+    max_items: Annotated[int, typer.Option("--max-items", help="Most values in one list of an answer.",
+                                           min=1, max=1000)] = 24,
     model: ModelOpt = None,
     max_tokens: MaxTokensOpt = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Default 0: greedy, as OneKE's card.",
@@ -95,7 +104,7 @@ def extract(
         fmt=fmt, split=split, input_format=input_format, model=model,
         options=load_options(backend, n_gpu_layers, ctx, threads, seed, template),
         overrides=dict(max_tokens=max_tokens, temperature=temperature, repeat_penalty=repeat_penalty, seed=seed),
-        chunk_tokens=chunk_tokens, prompt_lookup=prompt_lookup,
+        chunk_tokens=chunk_tokens, prompt_lookup=prompt_lookup, copy=copy, max_items=max_items,
     )
 
 

@@ -26,8 +26,6 @@ MAX_ITEMS = 24  # values per label in one chunk's answer
 MAX_CHARS = 160  # characters in one extracted string
 
 _STR: dict[str, Any] = {"type": "string", "maxLength": MAX_CHARS}
-_STRS: dict[str, Any] = {"type": "array", "items": _STR, "maxItems": MAX_ITEMS}
-_ONE_OR_MANY: dict[str, Any] = {"anyOf": [_STR, _STRS]}
 
 
 def _obj(props: dict[str, Any], required: bool = True) -> dict[str, Any]:
@@ -37,14 +35,16 @@ def _obj(props: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return out
 
 
-def _many(item: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "array", "items": item, "maxItems": MAX_ITEMS}
-
-
-def answer_schema(task: str, group: Schema) -> dict[str, Any]:
-    """The JSON schema an answer to ``group`` must match."""
+def answer_schema(task: str, group: Schema, max_items: int = MAX_ITEMS) -> dict[str, Any]:
+    """The JSON schema an answer to ``group`` must match (lists of at most ``max_items`` values)."""
     spec = get_task(task)
     labels = group_labels(spec.name, group)
+    _STRS = {"type": "array", "items": _STR, "maxItems": max_items}  # noqa: N806
+    _ONE_OR_MANY = {"anyOf": [_STR, _STRS]}  # noqa: N806
+
+    def _many(item: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "array", "items": item, "maxItems": max_items}
+
     props: dict[str, Any] = {}
     for label, roles in labels.items():
         if spec.name in ("NER", "EET"):

@@ -28,6 +28,7 @@ from typing import Any
 from knowlm_local.errors import KnowLMError
 from knowlm_local.ie.chunk import chunk_spans
 from knowlm_local.ie.constrain import answer_schema
+from knowlm_local.ie.copy import DEFAULT_MAX_ITEMS, Constraint, check_mode
 from knowlm_local.ie.parse import parse_answer
 from knowlm_local.ie.prompt import build_prompt, form_for
 from knowlm_local.ie.results import empty_result, merge_into, normalize
@@ -80,7 +81,8 @@ class Extractor:
 
     def __init__(self, model: LoadedModel, task: str, schema: Any = None, lang: str | None = None,
                  params: GenerationParams | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                 form: str | None = None, constrained: bool = True, draft: Any = None) -> None:
+                 form: str | None = None, constrained: bool = True, draft: Any = None, copy: str = "strict",
+                 max_items: int = DEFAULT_MAX_ITEMS) -> None:
         self.model = model
         self.task = get_task(task).name
         self.schema = validate_schema(self.task, schema) if schema is not None else None
@@ -94,6 +96,10 @@ class Extractor:
         self.form = form or form_for(model.template)
         self.constrained = constrained and model.backend.info.name == "llama.cpp"
         self.draft = draft
+        self.copy = check_mode(copy)
+        if not 1 <= max_items <= 1000:
+            raise KnowLMError(f"--max-items must be between 1 and 1000, got {max_items}", "the default is 24")
+        self.max_items = max_items
         self.stats = Stats()
         self._budgets: dict[str, int] = {}
         self._grammars: dict[str, dict[str, Any]] = {}
@@ -129,7 +135,7 @@ class Extractor:
             return None
         key = json.dumps(group, ensure_ascii=False, sort_keys=True)
         if key not in self._grammars:
-            self._grammars[key] = answer_schema(self.task, group)
+            self._grammars[key] = answer_schema(self.task, group, max_items=self.max_items)
         return self._grammars[key]
 
     def ask(self, lang: str, group: Schema, text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -137,7 +143,11 @@ class Extractor:
         labels = group_labels(self.task, group)
         prompt = self.prompt(lang, group, text)
         t0 = time.perf_counter()
-        answer, last = self.model.backend.complete(prompt, self.params, json_schema=self._grammar(group))
+        grammar = self._grammar(group)
+        copy = None
+        if grammar is not None and self.copy != "off" and self.model.backend.supports_copy:
+            copy = Constraint(self.task, text, mode=self.copy, max_items=self.max_items)
+        answer, last = self.model.backend.complete(prompt, self.params, json_schema=grammar, copy=copy)
         st = self.stats
         st.generate_seconds += time.perf_counter() - t0
         st.calls += 1

@@ -91,6 +91,8 @@ def run_extract(
     overrides: dict[str, Any] | None = None,
     chunk_tokens: int | None = None,
     prompt_lookup: int | None = None,
+    copy: str = "strict",
+    max_items: int = 24,
     stdin: IO[bytes] | None = None,
     stdout: IO[str] | None = None,
 ) -> Stats:
@@ -100,7 +102,10 @@ def run_extract(
     from knowlm_local.ie.report import ProgressView, record_table, summary_line
     from knowlm_local.term import stderr_console
 
+    from knowlm_local.ie.copy import check_mode
+
     spec = get_task(task)
+    check_mode(copy)
     if fmt not in ("jsonl", "table"):
         raise KnowLMError(f"unknown --format {fmt!r}", "choose jsonl or table")
     if lang is not None and lang not in ("zh", "en"):
@@ -118,7 +123,7 @@ def run_extract(
     params = loaded.default_params(**{"temperature": 0.0, "repeat_penalty": 1.0,
                                       **{k: v for k, v in (overrides or {}).items() if v is not None}})
     extractor = Extractor(loaded, spec.name, user_schema, lang=lang, params=params, draft=draft,
-                          chunk_tokens=chunk_tokens or 256)
+                          chunk_tokens=chunk_tokens or 256, copy=copy, max_items=max_items)
     # JSONL goes to the file, or to stdout unless a table was asked for.
     sink = Output(out_path, append=bool(skip), stdout=stdout) if (out_path or fmt == "jsonl") else None
     skipped = 0

@@ -4,13 +4,12 @@ Extraction answers should copy strings from the input; a string that occurs
 nowhere in the text is the clearest hallucination signal users have. Every
 extracted string is looked up in the whole record text (all occurrences,
 character offsets ``[start, end)`` into ``text`` as Python indexes it):
-first exactly, then ignoring case and runs of whitespace (``"new  york"``
-still finds ``"New York"``, with the offsets of the original characters).
+first exactly, then ignoring case, width and runs of whitespace (``"new  york"``
+still finds ``"New York"``, ``"(ａ)"`` finds ``"（A）"``, with the offsets of the original characters).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from knowlm_local.ie.results import mentions
@@ -29,12 +28,21 @@ def find_all(text: str, needle: str) -> list[list[int]]:
 
 
 def find_loose(text: str, needle: str) -> list[list[int]]:
-    """Occurrences ignoring case and whitespace differences."""
-    words = needle.split()
-    if not words:
+    """Occurrences ignoring case, character width (full-width ``Ａ（`` = ``A(``) and runs of whitespace,
+    the same folding ``--copy loose`` decodes with; offsets are of the original characters."""
+    from knowlm_local.ie.textindex import fold, fold_with_offsets
+
+    target = fold(needle).strip()
+    if not target:
         return []
-    pattern = re.compile(r"\s+".join(re.escape(w) for w in words), re.IGNORECASE)
-    return [[m.start(), m.end()] for m in pattern.finditer(text)]
+    view, where = fold_with_offsets(text)
+    out: list[list[int]] = []
+    start = view.find(target)
+    while start >= 0:
+        end = start + len(target)
+        out.append([where[start], where[end - 1] + 1])
+        start = view.find(target, start + 1)
+    return out
 
 
 def locate(task: str, text: str, result: dict[str, Any]) -> list[dict[str, Any]]:

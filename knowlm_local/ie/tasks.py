@@ -165,6 +165,33 @@ SHAPE_HELP = {
 }
 
 
+# Which strings of an answer are copied from the text (spans), by their path in the answer JSON.
+# A path is the keys from the top (``*`` = any label, role or name) with ``[]`` for a list item and
+# ``{key}`` for an object key itself; KG writes the entity name as a key. "span" must be a substring of the
+# text, "span|NAN" may also be OneKE's absent marker. Everything else (labels, roles, "subject", "trigger",
+# ...) is fixed by the schema's grammar. The copy constraint (knowlm_local.ie.copy) reads only this table.
+ABSENT_WORD = "NAN"
+SPAN_PATHS: dict[str, dict[tuple[str, ...], str]] = {
+    "NER": {("*", "[]"): "span"},
+    "EET": {("*", "[]"): "span"},
+    "RE": {("*", "[]", "subject"): "span", ("*", "[]", "object"): "span"},
+    "SPO": {("*", "[]", "subject"): "span", ("*", "[]", "object"): "span"},
+    "EE": {("*", "[]", "trigger"): "span|NAN", ("*", "[]", "arguments", "*"): "span|NAN",
+           ("*", "[]", "arguments", "*", "[]"): "span"},
+    "EEA": {("*", "[]", "*"): "span|NAN", ("*", "[]", "*", "[]"): "span"},
+    "KG": {("*", "{key}"): "span", ("*", "*", "*"): "span|NAN", ("*", "*", "*", "[]"): "span"},
+}
+
+
+def span_kind(task: str, path: tuple[str, ...]) -> str | None:
+    """``"span"``, ``"span|NAN"`` or None (not copied) for the string at ``path`` of an answer to ``task``."""
+    for pattern, kind in SPAN_PATHS[get_task(task).name].items():
+        if len(pattern) == len(path) and all(p == "*" and q not in ("[]", "{key}") or p == q
+                                             for p, q in zip(pattern, path, strict=True)):
+            return kind
+    return None
+
+
 def get_task(name: str) -> TaskSpec:
     spec = TASKS.get(str(name).strip().upper())
     if spec is None:
