@@ -1,0 +1,161 @@
+"""What does `serve` cost, and how does it scale? The HTTP API against the backend itself, in one run.
+
+1. One client: decode tokens/s of streamed `/v1/chat/completions` (the official openai client, greedy, the
+   embedded model) against the same prompts decoded by the backend directly, which is what `knowlm-local
+   chat -p` runs. Target: API / direct >= 0.95.
+2. Many clients: 1, 4 and 8 concurrent clients, each sending requests back to back, against a server with
+   `--parallel 1` (one request at a time, FIFO) and `--parallel P` (requests decoded together in the batched
+   engine): requests/s, aggregate generated tokens/s, latency p50 / p95 and time to first token p50 / p95.
+
+    python benchmarks/bench_serve.py [--requests 24] [--max-tokens 48] [--parallel 4] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TOPICS = ["rivers", "the moon", "bread", "a library", "trains", "北京", "glaciers", "coffee", "bridges", "owls",
+          "volcanoes", "chess"]
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Write two sentences about {TOPICS[i % len(TOPICS)]}." for i in range(n)]
+
+
+def loader(args, parallel: int):
+    from knowlm_local.runtime import LoadOptions, load_model
+
+    def load():
+        return load_model("smollm2", LoadOptions(n_ctx=1024, n_threads=args.threads, seed=0, parallel=parallel))
+    return load
+
+
+def direct(args) -> float:
+    """Decode tokens/s of `chat -p`'s library path (a fresh ChatSession per prompt), timed as the client is."""
+    from knowlm_local.chat import ChatSession
+
+    loaded = loader(args, 1)()
+    params = loaded.default_params(temperature=0.0, max_tokens=args.max_tokens, repeat_penalty=1.0)
+    tokens = seconds = 0.0
+    try:
+        for text in prompts(args.single):
+            first = last = None
+            for chunk in ChatSession(loaded, params).ask(text):
+                if chunk.text and first is None:
+                    first = time.perf_counter()
+                last = chunk
+            tokens += last.completion_tokens - 1
+            seconds += time.perf_counter() - first
+    finally:
+        loaded.backend.close()
+    return tokens / seconds
+
+
+def one_request(client, model: str, text: str, max_tokens: int) -> dict:
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    finish = None
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                            max_tokens=max_tokens, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    for event in stream:
+        if event.choices and event.choices[0].delta.content and first is None:
+            first = time.perf_counter()
+        if event.choices and event.choices[0].finish_reason:
+            finish = event.choices[0].finish_reason
+        if event.usage is not None:
+            n = event.usage.completion_tokens
+    end = time.perf_counter()
+    return {"latency": end - t0, "ttft": (first or end) - t0, "tokens": n, "decode": end - (first or end),
+            "complete": finish in ("stop", "length") and n > 0}
+
+
+def load_clients(url: str, clients: int, requests: int, max_tokens: int) -> dict:
+    import openai
+
+    texts = prompts(requests)
+    results: list[dict] = []
+    lock = threading.Lock()
+    next_one = iter(range(requests))
+
+    def worker() -> None:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+        model = client.models.list().data[0].id
+        while True:
+            with lock:
+                i = next(next_one, None)
+            if i is None:
+                return
+            r = one_request(client, model, texts[i], max_tokens)
+            with lock:
+                results.append(r)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = sorted(r["latency"] for r in results)
+    ttft = sorted(r["ttft"] for r in results)
+
+    def pct(xs, q):
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+    return {"rps": len(results) / wall, "tok_s": sum(r["tokens"] for r in results) / wall,
+            "p50": statistics.median(lat), "p95": pct(lat, 0.95), "ttft50": statistics.median(ttft),
+            "ttft95": pct(ttft, 0.95), "complete": sum(r["complete"] for r in results), "n": len(results),
+            "single_decode": sum(r["tokens"] - 1 for r in results) /
+            max(1e-9, sum(r["decode"] for r in results))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=24, help="requests per client-count row")
+    ap.add_argument("--single", type=int, default=6, help="prompts in the one-client comparison")
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clients", default="1,4,8")
+    args = ap.parse_args()
+    from knowlm_local.serve.app import ServeSettings
+    from knowlm_local.serve.run import Server
+
+    base = direct(args)
+    counts = [int(x) for x in args.clients.split(",")]
+    rows = {}
+    for parallel in (1, args.parallel):
+        srv = Server(ServeSettings(host="127.0.0.1", port=0, queue_size=64, parallel=parallel),
+                     loader(args, parallel)).start()
+        try:
+            if parallel == 1:
+                single = load_clients(srv.url, 1, args.single, args.max_tokens)
+                print(f"one client: API decode {single['single_decode']:.1f} tok/s vs backend directly "
+                      f"{base:.1f} tok/s", flush=True)
+                print(f"RATIO API / direct decode tokens/s: {single['single_decode'] / base:.3f} (target >= 0.95)")
+            for n in counts:
+                r = load_clients(srv.url, n, args.requests, args.max_tokens)
+                rows[(parallel, n)] = r
+                print(f"--parallel {parallel:2}  {n} clients: {r['rps']:.2f} req/s  {r['tok_s']:6.1f} tok/s  "
+                      f"latency p50 {r['p50']:.2f} s p95 {r['p95']:.2f} s  TTFT p50 {r['ttft50']:.2f} s "
+                      f"p95 {r['ttft95']:.2f} s  complete {r['complete']}/{r['n']}", flush=True)
+        finally:
+            srv.stop()
+    for n in counts:
+        a, b = rows[(1, n)], rows[(args.parallel, n)]
+        print(f"RATIO [{n} clients] aggregate tok/s --parallel {args.parallel} / --parallel 1: "
+              f"{b['tok_s'] / a['tok_s']:.2f}x; vs 1 client: {b['tok_s'] / rows[(args.parallel, 1)]['tok_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
