@@ -91,7 +91,11 @@ def resolve_source(spec: str, revision: str | None = None) -> Source:
     name = spec.partition(":")[0]
     card = find_card(name)
     if card is not None:
-        if card.embedded or card.format == "gguf":
+        if card.embedded:  # shipped as a GGUF only: its HF export (made once) is the base to merge into
+            from knowlm_local.train.base import export_embedded
+
+            return Source(card.name, export_embedded(), card=card, repo=card.hf_repo, revision=card.revision)
+        if card.format == "gguf":
             raise KnowLMError(
                 f"{card.name} is published as a GGUF already; there is nothing to convert",
                 f"use it directly: knowlm-local chat -m {card.name}",

@@ -271,3 +271,38 @@ def diagnose(path: Path) -> str:
         return exc.message
     arch = layout.metadata.get("general.architecture", "unknown")
     return f"llama.cpp could not load it (architecture {arch!r}); it may be unsupported by this llama.cpp build"
+
+
+def check_adapter(adapter: Path, model: Path) -> None:
+    """Refuse a LoRA adapter GGUF that is damaged or was made for another base than ``model``, in one line.
+
+    llama.cpp rejects a mismatched adapter only with a C++ log line; here each
+    ``X.lora_a`` / ``X.lora_b`` pair must match the base tensor ``X`` (``a``:
+    in x rank, ``b``: rank x out, in ggml's order) and the error names the
+    base the adapter records.
+    """
+    adapter, model = Path(adapter), Path(model)
+    layout = scan(adapter)
+    if layout.metadata.get("general.type") != "adapter" or layout.metadata.get("adapter.type") != "lora":
+        raise KnowLMError(f"{adapter.name} is not a LoRA adapter GGUF (general.type "
+                          f"{layout.metadata.get('general.type')!r})",
+                          "write one with `knowlm-local convert ADAPTER_FOLDER --adapter-only`")
+    made_for = layout.metadata.get("general.base_model.0.name", "another model")
+    base = {t.name: t.shape for t in scan(model).tensors}
+    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
+    for t in layout.tensors:
+        stem, dot, part = t.name.rpartition(".")
+        if part in ("lora_a", "lora_b") and dot:
+            pairs.setdefault(stem, {})[part] = t.shape
+    if not pairs:
+        raise KnowLMError(f"{adapter.name} holds no LoRA tensors", "convert the adapter again")
+    for stem, parts in pairs.items():
+        shape = base.get(stem)
+        a, b = parts.get("lora_a"), parts.get("lora_b")
+        fits = (shape is not None and a is not None and b is not None and len(shape) == 2
+                and a[0] == shape[0] and b[1] == shape[1] and a[1] == b[0])
+        if not fits:
+            have = f"{stem} is {tuple(shape)}" if shape is not None else f"it has no tensor {stem}"
+            raise KnowLMError(f"{adapter.name} was made for {made_for} and does not fit {model.name} ({have}; the "
+                              f"adapter's factors are {a} and {b})",
+                              f"apply it to {made_for}, or convert an adapter trained on this model")

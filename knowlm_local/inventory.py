@@ -79,7 +79,15 @@ def local_models() -> list[LocalModel]:
                 path = embedded_gguf(card)
             except KnowLMError:
                 continue
-            found.append(LocalModel(card.name, "embedded", "gguf", path, path.stat().st_size, card))
+            size = path.stat().st_size
+            if card.adapter_file:  # base GGUF + the shipped adapter
+                from knowlm_local.zoo import adapter_path
+
+                try:
+                    size += adapter_path(card).stat().st_size
+                except KnowLMError:
+                    continue
+            found.append(LocalModel(card.name, "embedded", "gguf", path, size, card))
     models_root = home() / "models"
     if models_root.is_dir():
         for gguf in sorted(models_root.glob("*/*.gguf")):

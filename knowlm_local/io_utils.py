@@ -95,6 +95,9 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     try:
         yield tmp_path
         try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp_path, 0o666 & ~mask)  # mkstemp's files are private; the result should not be
             os.replace(tmp_path, dest)
         except OSError as exc:
             raise write_error(exc, dest) from None

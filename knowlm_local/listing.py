@@ -38,7 +38,8 @@ def print_models(as_json: bool = False) -> None:
             "zoo": [
                 {"name": c.name, "display_name": c.display_name, "hf_repo": c.hf_repo,
                  "modelscope_repo": c.modelscope_repo, "parameters": c.parameters, "template": c.template,
-                 "license": c.license, "format": c.format, "size_gb": c.size_gb,
+                 "license": c.license, "format": c.format, "size_gb": c.size_gb, "default_for": list(c.default_for),
+                 "adapter": c.adapter_file or None, "measured": c.measured or None,
                  "installed": [{"name": m.name, "where": m.where, "kind": m.kind, "path": str(m.path),
                                 "size": m.size} for m in by_card.get(c.name, [])]}
                 for c in cards
@@ -58,7 +59,8 @@ def print_models(as_json: bool = False) -> None:
     for c in cards:
         copies = by_card.get(c.name, [])
         size = f"{c.size_gb:g} GB" if c.size_gb else "?"
-        table.add_row(c.name, c.display_name, c.parameters, c.template, c.license,
+        model = c.display_name + (f"\n[dim]{c.measured}[/dim]" if c.measured else "")
+        table.add_row(c.name, model, c.parameters, c.template, c.license,
                       "built in" if c.embedded else size,
                       f"[green]{_status(copies)}[/green]" if copies else "[dim]-[/dim]")
     console = Console()

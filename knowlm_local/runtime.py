@@ -28,6 +28,12 @@ class LoadOptions:
     seed: int | None = None
     template: str | None = None
     prompt_lookup: int = 0
+    lora: str | None = None  # a GGUF LoRA adapter applied at run time (llama.cpp)
+    upstream: str | None = None  # an OpenAI-compatible server that runs the model (the `openai` backend)
+    parallel: int = 1  # sequences decoded together in one llama.cpp context (the batched engine)
+    api_key: str | None = None  # for the upstream
+    allocate: str | None = None  # GiB of weights per GPU, "10,10,10" (transformers: device_map + max_memory)
+    load_bits: int | None = None  # 4 or 8: bitsandbytes quantization at load time (transformers, CUDA)
     extra: dict = field(default_factory=dict)
 
 
@@ -47,8 +53,13 @@ class LoadedModel:
             overrides = {**overrides, "stop": self.template.stop}
         return GenerationParams.from_card(self.card, **overrides)
 
+
+BACKEND_ALIASES = {"hf": "transformers"}  # what users type (`--backend hf`) -> the registry name
+
+
 def choose_backend(resolved: ResolvedModel, wanted: str) -> str:
     """llama.cpp for GGUF files; transformers for HF folders (full precision, meant for CUDA)."""
+    wanted = BACKEND_ALIASES.get(wanted, wanted)
     if wanted != "auto":
         if wanted == "llama.cpp" and resolved.kind != "gguf":
             raise KnowLMError(
@@ -66,16 +77,75 @@ def choose_backend(resolved: ResolvedModel, wanted: str) -> str:
     return "transformers"
 
 
-def load_model(spec: str | None, options: LoadOptions | None = None) -> LoadedModel:
-    """Resolve ``spec`` (None: the default model) and load it with the right backend and template."""
+def _load_remote(spec: str | None, options: LoadOptions) -> LoadedModel:
+    """A model on an OpenAI-compatible server; prompts are rendered here, with the template the server reports
+    (``serve`` does), the zoo card's, or ``--template``."""
+    from pathlib import Path
+
+    from knowlm_local.zoo import find_card
+
+    if options.lora:
+        raise KnowLMError("--lora applies to local GGUF models, not to an --upstream server",
+                          "load the adapter on the server instead")
+    backend = create_backend("openai", options.upstream, n_ctx=options.n_ctx, api_key=options.api_key, model=spec)
+    card = find_card(backend.model.split(":")[0])
+    remote = backend.remote_template
+    name = options.template or remote or (card.template if card else "chatml")
+    if name == "gguf" and not backend.info.chat_template:
+        name = "chatml"
+    template = get_template(name, backend.info.chat_template, backend.info.bos_token, backend.info.eos_token,
+                            backend.info.adds_bos)
+    resolved = ResolvedModel(backend.model, "remote", Path(options.upstream), card)
+    return LoadedModel(resolved=resolved, backend=backend, template=template)
+
+
+def _adapter_file(spec: str) -> str:
+    from pathlib import Path
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        raise KnowLMError(f"{spec} is a folder; --lora takes a GGUF LoRA adapter file",
+                          f"convert the PEFT adapter first: knowlm-local convert {spec} --adapter-only -o adapter.gguf")
+    if not path.is_file():
+        raise KnowLMError(f"no such adapter file: {spec}", "check the path given to --lora")
+    return str(path)
+
+
+def load_model(spec: str | None, options: LoadOptions | None = None, purpose: str = "chat") -> LoadedModel:
+    """Resolve ``spec`` (None: the default model for ``purpose``) and load it with the right backend and template."""
     options = options or LoadOptions()
-    resolved = resolve(spec) if spec else default_model()
+    if options.upstream:
+        return _load_remote(spec, options)
+    resolved = resolve(spec) if spec else default_model(purpose)
     card = resolved.card
     name = choose_backend(resolved, options.backend)
     n_ctx = options.n_ctx or (card.context_length if card else None)
     kwargs = dict(n_ctx=n_ctx, n_gpu_layers=options.n_gpu_layers, n_threads=options.n_threads, seed=options.seed)
+    adapter = options.lora or (str(resolved.adapter) if resolved.adapter else None)
     if name == "llama.cpp":
         kwargs["prompt_lookup"] = options.prompt_lookup
+        if adapter:
+            kwargs["lora_path"] = _adapter_file(adapter)
+        if options.parallel > 1:
+            from knowlm_local.engine_plan import check_parallel_fits
+
+            check_parallel_fits(resolved.path, n_ctx, options.parallel, options.n_gpu_layers)
+            kwargs["parallel"] = options.parallel
+            kwargs.pop("prompt_lookup")
+            name = "llama.cpp-batch"
+    elif adapter:
+        raise KnowLMError("a GGUF LoRA adapter (--lora) runs on the llama.cpp backend only",
+                          "merge the adapter into the Hugging Face weights with `knowlm-local merge` instead")
+    if name == "transformers":
+        kwargs.update(allocate=options.allocate, load_bits=options.load_bits)
+    elif options.allocate or options.load_bits:
+        flag = "--allocate" if options.allocate else f"--load-{options.load_bits}bit"
+        raise KnowLMError(f"{flag} applies to Hugging Face weights on the transformers backend, not a GGUF",
+                          "pass a Hugging Face folder with --backend hf, or leave the flag out "
+                          "(llama.cpp spreads a GGUF over the GPUs by itself)")
+    if options.extra.get("kv_type") and not name.startswith("llama.cpp"):
+        raise KnowLMError("--kv-type sets llama.cpp's KV cache; the transformers backend keeps its own",
+                          "leave --kv-type out with --backend hf")
     kwargs.update(options.extra)
     backend = create_backend(name, resolved.path, **kwargs)
     template_name = options.template or (card.template if card else "gguf")

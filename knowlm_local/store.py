@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from knowlm_local.errors import KnowLMError
-from knowlm_local.zoo import ModelCard, find_card, load_cards, unknown_model_error
+from knowlm_local.zoo import ModelCard, find_card, unknown_model_error
 
 # Preferred quantization when a model has several GGUF files and none was asked for:
 # the usual quality/size sweet spot first.
@@ -37,6 +37,7 @@ class ResolvedModel:
     path: Path
     card: ModelCard | None = None
     note: str = ""
+    adapter: Path | None = None  # a GGUF LoRA adapter that belongs to this model (the built-in IE model)
 
 
 def home() -> Path:
@@ -213,7 +214,10 @@ def resolve(spec: str, revision: str | None = None) -> ResolvedModel:
     quant = quant or None
     card = find_card(name)
     if card is not None and card.embedded:
-        return ResolvedModel(card.name, "gguf", embedded_gguf(card), card, note=embedded_note(card))
+        from knowlm_local.zoo import adapter_path
+
+        adapter = adapter_path(card) if card.adapter_file else None
+        return ResolvedModel(card.name, "gguf", embedded_gguf(card), card, note=embedded_note(card), adapter=adapter)
     if card is not None:
         found = _resolve_repo(card.hf_repo, revision or card.revision, quant, card)
         if found:
@@ -233,13 +237,20 @@ def resolve(spec: str, revision: str | None = None) -> ResolvedModel:
     raise unknown_model_error(name)
 
 
-def default_model() -> ResolvedModel:
-    """What ``chat`` uses without ``--model``: ``KNOWLM_MODEL``, else the newest store GGUF, else the embedded model."""
+def default_model(purpose: str = "chat") -> ResolvedModel:
+    """What a command uses without ``--model``: ``KNOWLM_MODEL``, else the newest store GGUF, else the built-in
+    model for ``purpose`` (for ``extract``: the built-in extraction model, unless a store GGUF is newer)."""
+    from knowlm_local.zoo import adapter_path, embedded_card
+
     env = os.environ.get("KNOWLM_MODEL")
     if env:
         return resolve(env)
     root = home() / "models"
     ggufs = sorted(root.glob("*/*.gguf"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    built_in = embedded_card(purpose)
+    if ggufs and built_in.adapter_file and purpose != "chat":
+        shipped = adapter_path(built_in).stat().st_mtime
+        ggufs = [p for p in ggufs if p.stat().st_mtime > shipped]
     if ggufs:
         newest = ggufs[-1]
         card = find_card(newest.parent.name)
@@ -247,10 +258,13 @@ def default_model() -> ResolvedModel:
             f"{newest.parent.name}:{gguf_quant(newest)}", "gguf", newest, card,
             note=f"using {newest.parent.name}:{gguf_quant(newest)}, the newest model in the store (choose with --model)",
         )
-    return resolve(next(c.name for c in load_cards() if c.embedded))
+    return resolve(built_in.name)
 
 
 def embedded_note(card: ModelCard) -> str:
+    if card.adapter_file:
+        return (f"note: using the built-in extraction model {card.name} ({card.parameters}"
+                + (f"; {card.measured}" if card.measured else "") + "); for real work run `knowlm-local download oneke`")
     return (
         f"note: {card.display_name} is a tiny demo model ({card.parameters}, mostly English); "
         "for real work run `knowlm-local download oneke`"

@@ -65,6 +65,9 @@ class ModelCard:
     tasks: tuple[str, ...] = ("chat",)
     decoding: Decoding = field(default_factory=Decoding)
     source: str = ""
+    adapter_file: str = ""  # a GGUF LoRA adapter shipped beside the cards, applied at run time on the base GGUF
+    default_for: tuple[str, ...] = ()  # commands that use this model when none is given ("chat", "extract")
+    measured: str = ""  # what this project measured of it, shown by `models`
 
     @property
     def embedded(self) -> bool:
@@ -155,12 +158,25 @@ def get_card(name: str) -> ModelCard:
     return card
 
 
-def embedded_card() -> ModelCard:
-    """The card of the model shipped inside a Python package (works offline)."""
-    for card in load_cards():
-        if card.embedded:
+def embedded_card(purpose: str = "chat") -> ModelCard:
+    """The built-in model (shipped inside Python packages, works offline) for ``purpose`` (chat or extract)."""
+    built_in = [c for c in load_cards() if c.embedded]
+    for card in built_in:
+        if purpose in card.default_for:
+            return card
+    for card in built_in:
+        if not card.adapter_file:
             return card
     raise KnowLMError("no embedded model card found", "reinstall knowlm-local")  # pragma: no cover
+
+
+def adapter_path(card: ModelCard) -> Path:
+    """The shipped GGUF adapter of ``card``; an error with the reinstall hint when it is missing."""
+    path = cards_dir() / card.adapter_file
+    if not path.is_file():
+        raise KnowLMError(f"the adapter of {card.name} ({card.adapter_file}) is missing from the installation",
+                          "reinstall knowlm-local (pip install -e . from the clone)")
+    return path
 
 
 def unknown_model_error(name: str, extra: list[str] | None = None) -> KnowLMError:

@@ -60,6 +60,33 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def written_ids(path: Path) -> list:
+    """The ids of the complete JSON lines in an output file (a half-written last line does not count)."""
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if line.endswith("\n")]
+
+
+def kill_after_records(cmd: list[str], env: dict, out: Path, n: int = 3, timeout: float = 180) -> list:
+    """Run ``cmd``, SIGKILL it once ``out`` holds ``n`` complete records, and return the ids written by then."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while len(written_ids(out)) < n and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    return written_ids(out)
+
+
 def knowlm_exe() -> str:
     exe = Path(sys.executable).parent / "knowlm-local"
     return str(exe) if exe.exists() else "knowlm-local"

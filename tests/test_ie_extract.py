@@ -4,12 +4,10 @@ offsets, identical answers with speculation, the CLI, bad input, and resume afte
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
-from conftest import knowlm_exe
+from conftest import kill_after_records, knowlm_exe
 
 from knowlm_local.cli import app
 from knowlm_local.ie.extract import Extractor
@@ -112,7 +110,7 @@ def test_cli_table_from_stdin_and_jsonl_to_a_file(runner, tmp_path):
     result = runner.invoke(app, ["extract", "-", "--task", "ner", "--format", "table", *FAST],
                            input="马云于1999年在杭州创办了阿里巴巴。\n", env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
-    assert "NER · id 1" in result.output and "tiny demo model" in result.output
+    assert "NER · id 1" in result.output and "built-in extraction model smollm2-ie" in result.output
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in DOCS["en"]), encoding="utf-8")
     out = tmp_path / "out.jsonl"
@@ -159,13 +157,6 @@ def test_bad_input_is_refused_before_loading_a_model(runner, tmp_path):
     _fails(runner, [str(tmp_path / "missing.txt")], "no such file")
 
 
-def _ids(path):
-    if not path.exists():
-        return []
-    return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if line.endswith("\n")]
-
-
 def test_resume_after_a_real_kill_loses_nothing_and_repeats_nothing(tmp_path, cli_env):
     names = ["Alice Moreau", "Daniel Okafor", "Mei Lin", "Tomas Novak", "Priya Raman", "Jonas Berg"]
     cities = ["Lisbon", "Nairobi", "Osaka", "Prague"]
@@ -174,16 +165,10 @@ def test_resume_after_a_real_kill_loses_nothing_and_repeats_nothing(tmp_path, cl
     src.write_text("".join(json.dumps({"id": rid, "text": f"{names[i % 6]} moved to {cities[i % 4]} in {1990 + i}."})
                            + "\n" for i, rid in enumerate(ids)), encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    cmd = [knowlm_exe(), "extract", str(src), "--task", "ner", "-o", str(out), "-m", "smollm2", *FAST]
-    proc = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while len(_ids(out)) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
-    written = _ids(out)
+    # One record at a time here; test_engine.py kills a run with several records in flight (--parallel 4).
+    cmd = [knowlm_exe(), "extract", str(src), "--task", "ner", "-o", str(out), "-m", "smollm2", "--parallel", "1",
+           *FAST]
+    written = kill_after_records(cmd, cli_env, out)
     assert 3 <= len(written) < len(ids) and written == ids[:len(written)]
 
     again = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=60)

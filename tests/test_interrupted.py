@@ -11,6 +11,7 @@ tests in test_ie_extract.py and test_download.py.)
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -80,3 +81,38 @@ def test_killed_merge_leaves_no_folder_and_the_next_run_cleans_up(smollm2_hf_dir
     assert done.returncode == 0, done.stderr
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
     assert [p for p in _partials(tmp_path) if p.parent == tmp_path] == []
+
+
+def test_killed_finetune_resumes_from_its_last_complete_checkpoint(tiny_llama_dir, tmp_path, cli_env):
+    """SIGKILL during training (possibly while a checkpoint is being written): --resume sets a half-written
+    checkpoint aside, continues from the last complete one and finishes with the full step count."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"Say word {i % 5}.", "output": f"w{i % 5}"}) + "\n"
+                            for i in range(40)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_llama_dir}\noutput_dir: {tmp_path / 'run'}\nmode: lora\ndata:\n  train: [{data}]\n"
+                      "  template: alpaca\n  max_len: 160\nlora:\n  r: 4\n  alpha: 8\nmax_steps: 40\n"
+                      "micro_batch_size: 4\nsave_steps: 3\nlogging_steps: 2\nlearning_rate: 1.0e-3\nthreads: 1\n")
+    run = tmp_path / "run"
+    cmd = [knowlm_exe(), "finetune", "--config", str(recipe)]
+    proc = subprocess.Popen(cmd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(run.glob("checkpoint-*"))) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    # make sure a cut-short checkpoint is there too, as a kill during a save leaves it
+    steps = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
+    partial = run / f"checkpoint-{steps[-1] + 1}"
+    shutil.copytree(run / f"checkpoint-{steps[-1]}", partial)
+    (partial / "trainer_state.json").unlink()
+    again = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "already holds a training run" in again.stderr
+    resumed = subprocess.run(cmd + ["--resume"], env=cli_env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{partial.name} was cut short" in resumed.stderr
+    record = json.loads((run / "knowlm_train.json").read_text())
+    assert record["steps"] == 40
+    assert (run / "adapter_model.safetensors").is_file()

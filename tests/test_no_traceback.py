@@ -108,6 +108,28 @@ CASES["chat-unexpected-arg"] = ["chat", "hello"]
 CASES["chat-template"] = ["chat", "--template", "nope", "-p", "hi"]
 CASES["chat-backend"] = ["chat", "--backend", "onnx", "-p", "hi"]
 CASES["chat-empty-stdin"] = ["chat", "-"]
+for i, opts in enumerate([["--config", "no-such-recipe"], ["--config", "schema/bad.yaml"], ["--config", "text/good.jsonl"],
+                          ["--config", "smollm2-cpu", "--max-steps", "abc"], ["--config", "smollm2-cpu", "--lora.rank", "8"],
+                          ["--config", "smollm2-cpu", "--model", "no-such-model", "--output-dir", "out/r1"],
+                          ["--config", "smollm2-cpu", "--data.train", "text/missing.jsonl", "--output-dir", "out/r2"],
+                          ["--config", "smollm2-cpu", "--data.train", "text/binary.txt", "--output-dir", "out/r3"],
+                          ["--config", "smollm2-cpu", "--resume", "--output-dir", "out/none"],
+                          ["--config", "smollm2-cpu", "--mode", "qlora", "--output-dir", "out/r4"],
+                          ["--config", "smollm2-cpu", "--precision", "bf16", "--output-dir", "out/r5"],
+                          ["--config", "smollm2-cpu", "--learning-rate", "-1"], ["stray"]]):
+    CASES[f"finetune-{i}"] = ["finetune", *opts]
+CASES["pretrain-no-store"] = ["pretrain", "--config", "smollm2-pretrain-cpu", "--data", "text", "--output-dir", "out/p"]
+CASES["pretrain-missing-store"] = ["pretrain", "--config", "smollm2-pretrain-cpu", "--data", "nope", "--output-dir",
+                                   "out/p"]
+for i, opts in enumerate([["text/missing.txt"], ["text/binary.txt"], ["text/empty.txt"], ["text", "--max-len", "5"],
+                          ["text/good.jsonl", "--tokenizer", "no-such-model"], ["text/good.jsonl", "--min-len", "-1"],
+                          ["text/good.jsonl", "--weight", "x"]]):
+    CASES[f"prepare-pretrain-{i}"] = ["prepare-pretrain", *opts, *(["--tokenizer", "hf/good"] if "--tokenizer" not in opts
+                                                                   else []), "-o", f"out/pt{i}"]
+for i, opts in enumerate([["text/missing.jsonl"], ["text/binary.txt"], ["text/empty.jsonl"], ["text/good.jsonl",
+                          "--format", "xml"], ["text/good.jsonl", "--neg-share", "2"], ["text/good.jsonl", "--task", "xyz"],
+                          ["text/good.jsonl", "--labels", "schema/bad.json"], ["text/good.jsonl", "--lang", "fr"]]):
+    CASES[f"build-ie-data-{i}"] = ["build-ie-data", *opts, "-o", f"out/ie{i}.jsonl"]
 CASES["unknown-command"] = ["frobnicate"]
 CASES["unknown-option"] = ["chat", "--frobnicate"]
 CASES["missing-argument"] = ["extract"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from knowlm_local.errors import KnowLMError
@@ -18,10 +20,14 @@ def test_every_card_loads_and_the_zoo_is_complete():
     for card in cards.values():
         assert card.hf_repo.count("/") == 1
         assert card.context_length >= 2048
-        assert card.source.startswith("https://")
+        # Where it comes from: a public page, or (for the model this project trained) the recipe that makes it.
+        root = Path(__file__).resolve().parents[1]
+        assert card.source.startswith("https://") or (card.source.startswith("recipes/")
+                                                      and (root / card.source).is_file()), card.source
     assert cards["knowlm-13b-ie-lora"].is_lora and cards["knowlm-13b-ie-lora"].base in cards
     assert cards["oneke"].template == "oneke" and cards["knowlm-13b-zhixi"].template == "alpaca"
-    assert [c.name for c in cards.values() if c.embedded] == ["smollm2-135m-instruct"]
+    assert sorted(c.name for c in cards.values() if c.embedded) == ["smollm2-135m-instruct", "smollm2-ie"]
+    assert cards["smollm2-ie"].adapter_file and "extract" in cards["smollm2-ie"].default_for
 
 
 def test_lookup_by_alias_and_repo_id():

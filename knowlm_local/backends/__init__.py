@@ -14,7 +14,9 @@ from knowlm_local.errors import KnowLMError
 
 REGISTRY = {
     "llama.cpp": "knowlm_local.backends.llamacpp:LlamaCppBackend",
+    "llama.cpp-batch": "knowlm_local.backends.llamacpp_batch:BatchedLlamaCppBackend",
     "transformers": "knowlm_local.backends.hf:TransformersBackend",
+    "openai": "knowlm_local.backends.openai_api:OpenAIBackend",
 }
 
 
@@ -26,7 +28,7 @@ def backend_class(name: str) -> type[Backend]:
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError as exc:
-        extra = "hf" if name == "transformers" else ""
+        extra = {"transformers": "hf", "openai": "serve"}.get(name, "")
         hint = f'pip install "knowlm-local[{extra}]"' if extra else "pip install -U llama-cpp-python"
         raise KnowLMError(f"the {name} backend is not available: {exc}", hint) from exc
 

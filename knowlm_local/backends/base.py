@@ -68,6 +68,7 @@ class Backend(ABC):
 
     info: BackendInfo
     supports_copy: bool = False  # whether generate() enforces a copy constraint
+    supports_schema: bool = False  # whether generate() enforces ``json_schema`` exactly (else it is ignored)
 
     @abstractmethod
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:

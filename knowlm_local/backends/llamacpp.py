@@ -33,6 +33,17 @@ def _shape_keys(arch: str) -> set[str]:
     )}
 
 
+KV_TYPES = {"f16": 1, "bf16": 30, "q8_0": 8, "f32": 0}  # ggml type ids of the KV caches llama.cpp accepts
+
+
+def kv_type_id(kv_type: str) -> int:
+    """The ggml type id of a KV cache type name (``--kv-type``)."""
+    kind = KV_TYPES.get(kv_type.lower())
+    if kind is None:
+        raise KnowLMError(f"unknown KV cache type {kv_type!r}", f"use one of: {', '.join(KV_TYPES)}")
+    return kind
+
+
 class LlamaCppBackend(Backend):
     """A GGUF loaded with llama-cpp-python."""
 
@@ -48,6 +59,8 @@ class LlamaCppBackend(Backend):
         draft_model: Any = None,
         n_threads_batch: int | None = None,
         fast_sampling: bool = True,
+        lora_path: str | Path | None = None,
+        kv_type: str | None = None,
     ) -> None:
         import llama_cpp
 
@@ -55,6 +68,10 @@ class LlamaCppBackend(Backend):
 
         path = Path(model_path)
         scan(path)  # a damaged or truncated file is refused here, in one line, before llama.cpp sees it
+        if lora_path is not None:
+            from knowlm_local.gguf_check import check_adapter
+
+            check_adapter(Path(lora_path), path)
         arch = str(read_metadata(path, {"general.architecture"}).get("general.architecture", "llama"))
         meta = read_metadata(path, _shape_keys(arch))
         n_layers = int(meta.get(f"{arch}.block_count", 0) or 0)
@@ -62,17 +79,19 @@ class LlamaCppBackend(Backend):
         if n_ctx is None or n_ctx <= 0:
             n_ctx = min(ctx_train or DEFAULT_CTX_CAP, DEFAULT_CTX_CAP)
         gpu_build = bool(llama_cpp.llama_supports_gpu_offload())
+        tensor_split = None
         if n_gpu_layers is None:
-            from knowlm_local.gpu import auto_gpu_layers, free_vram_bytes, kv_cache_bytes
+            from knowlm_local.gpu import free_vram_all, kv_cache_bytes, plan_offload
+            from knowlm_local.memory_plan import available_ram_bytes
 
             kv = kv_cache_bytes(
                 n_ctx, n_layers, int(meta.get(f"{arch}.embedding_length", 0) or 0),
                 int(meta.get(f"{arch}.attention.head_count", 0) or 0),
                 int(meta.get(f"{arch}.attention.head_count_kv", 0) or 0),
             )
-            n_gpu_layers = auto_gpu_layers(
-                gpu_build, path.stat().st_size, kv, n_layers, free_vram_bytes() if gpu_build else None
-            )
+            self.offload = plan_offload(gpu_build, path.stat().st_size, kv, n_layers,
+                                        free_vram_all() if gpu_build else None, ram_bytes=available_ram_bytes())
+            n_gpu_layers, tensor_split = self.offload.n_gpu_layers, self.offload.tensor_split
         draft = draft_model  # any llama-cpp-python draft model (callable: token ids -> proposed ids)
         if draft is None and prompt_lookup > 0:
             from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
@@ -85,10 +104,18 @@ class LlamaCppBackend(Backend):
             # counts stall on a busy machine, so both follow --threads unless told otherwise.
             n_threads_batch=n_threads_batch or n_threads or _default_threads(),
             draft_model=draft,
-            flash_attn=bool(flash_attn if flash_attn is not None else (gpu_build and n_gpu_layers != 0)),
+            # llama.cpp stores a quantized V cache only with flash attention, so --kv-type q8_0 turns it on.
+            flash_attn=bool(flash_attn if flash_attn is not None
+                            else (gpu_build and n_gpu_layers != 0) or kv_type == "q8_0"),
         )
         if seed is not None and seed >= 0:
             kwargs["seed"] = seed
+        if tensor_split is not None:  # several GPUs: layers shared by their free memory (see knowlm_local.gpu)
+            kwargs["tensor_split"] = list(tensor_split)
+        if lora_path is not None:  # applied at run time on top of the (possibly quantized) base weights
+            kwargs["lora_path"] = str(lora_path)
+        if kv_type:
+            kwargs["type_k"] = kwargs["type_v"] = kv_type_id(kv_type)
         try:
             self.llm = llama_class(fast_sampling)(**kwargs)
         except (ValueError, RuntimeError) as exc:
@@ -122,6 +149,7 @@ class LlamaCppBackend(Backend):
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     supports_copy = True
+    supports_schema = True
 
     def vocab(self):
         """The vocabulary as bytes with lookup tables (built on first use, ~0.1 s for 49k tokens)."""

@@ -83,10 +83,13 @@ def _root(
 # Command modules register themselves on import; they import only typer and option types.
 # The import order is the order of commands in --help.
 # isort: off
-from knowlm_local.cli import chat as _chat  # noqa: E402,F401
-from knowlm_local.cli import models as _models  # noqa: E402,F401
-from knowlm_local.cli import convert as _convert  # noqa: E402,F401
-from knowlm_local.cli import extract as _extract  # noqa: E402,F401
+from knowlm_local.cli import chat as _chat  # noqa: F401
+from knowlm_local.cli import models as _models  # noqa: F401
+from knowlm_local.cli import convert as _convert  # noqa: F401
+from knowlm_local.cli import extract as _extract  # noqa: F401
+from knowlm_local.cli import serve as _serve  # noqa: F401
+from knowlm_local.cli import train as _train  # noqa: F401
+from knowlm_local.cli import doctor as _doctor  # noqa: F401
 # isort: on
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from knowlm_local.cli import command
 from knowlm_local.cli.options import (
+    AdapterOpt,
+    AllocateOpt,
     BackendOpt,
     CtxOpt,
     GpuLayersOpt,
+    Load4bitOpt,
+    Load8bitOpt,
     MaxTokensOpt,
     ModelOpt,
     RepeatPenaltyOpt,
@@ -20,6 +24,7 @@ from knowlm_local.cli.options import (
     ThreadsOpt,
     TopKOpt,
     TopPOpt,
+    UpstreamOpt,
     load_options,
 )
 
@@ -38,11 +43,11 @@ In the REPL type `/help` for `/set`, `/system`, `/clear`, `/save`, `/load`, `/st
 
 @command("chat", epilog=EPILOG)
 def chat(
-    source: Annotated[Optional[str], typer.Argument(help="`-` reads one prompt from stdin.", show_default=False)] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this and exit.",
+    source: Annotated[str | None, typer.Argument(help="`-` reads one prompt from stdin.", show_default=False)] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer this and exit.",
                                                   show_default=False)] = None,
     model: ModelOpt = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.", show_default=False)] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.", show_default=False)] = None,
     temperature: TemperatureOpt = None,
     top_p: TopPOpt = None,
     top_k: TopKOpt = None,
@@ -54,6 +59,11 @@ def chat(
     threads: ThreadsOpt = None,
     template: TemplateOpt = None,
     backend: BackendOpt = "auto",
+    lora: AdapterOpt = None,
+    upstream: UpstreamOpt = None,
+    allocate: AllocateOpt = None,
+    load_4bit: Load4bitOpt = False,
+    load_8bit: Load8bitOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print speed after each answer.")] = False,
 ) -> None:
     """Chat with a model: interactive, one-shot (`-p`), or from stdin (`-`)."""
@@ -65,7 +75,8 @@ def chat(
         raise KnowLMError(f"unexpected argument {source!r}", 'use -p "your question", or - to read stdin')
     run_chat(
         model=model,
-        options=load_options(backend, n_gpu_layers, ctx, threads, seed, template),
+        options=load_options(backend, n_gpu_layers, ctx, threads, seed, template, lora, upstream,
+                             allocate=allocate, load_4bit=load_4bit, load_8bit=load_8bit),
         prompt=prompt,
         read_stdin=source == "-",
         system=system,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,10 +12,10 @@ from knowlm_local.cli.options import RevisionOpt, ThreadsOpt
 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")]
 LoraOpt = Annotated[
-    Optional[str], typer.Option("--lora", help="A PEFT LoRA adapter folder to merge in.", show_default=False)
+    str | None, typer.Option("--lora", help="A PEFT LoRA adapter folder to merge in.", show_default=False)
 ]
 DiffBaseOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--diff-base",
         help="Legacy ZhiXi diff: the LLaMA-13B (HF format) folder the diff is added to.",
@@ -53,7 +53,8 @@ def _progress():
         "* `knowlm-local convert ./my-finetune --lora ./adapter --quant q5_k_m,q8_0` — two types, one read\n"
         "* `knowlm-local convert oneke --quant q4_k_m --verify` — also compare with transformers\n"
         "* `knowlm-local convert ./zhixi-13b-diff --diff-base ./llama-13b-hf --name zhixi-13b -q q4_k_m`\n"
-        "* `knowlm-local convert oneke -q iq4_xs --imatrix oneke.imatrix`\n\n"
+        "* `knowlm-local convert oneke -q iq4_xs --imatrix oneke.imatrix`\n"
+        "* `knowlm-local convert ./runs/smollm2-ie --adapter-only -o ie-adapter.gguf` — a PEFT LoRA as a GGUF adapter\n\n"
         "Types: f32, f16, bf16, q8_0 (written directly), q6_k, q5_k_m, q5_k_s, q5_0, q5_1, q4_k_m, q4_k_s, "
         "q4_0, q4_1, iq4_nl, iq4_xs, q3_k_l, q3_k_m, q3_k_s, q2_k (through llama.cpp). "
         "Results go to the store, so `knowlm-local chat -m oneke:q4_k_m` finds them."
@@ -63,16 +64,20 @@ def convert(
     name: Annotated[
         str, typer.Argument(help="Zoo name, hub repo id `owner/name`, or a Hugging Face model folder.")
     ],
-    quant: Annotated[str, typer.Option("--quant", "-q", help="Comma-separated output types.")] = "q4_k_m",
+    quant: Annotated[str | None, typer.Option("--quant", "-q", help="Comma-separated output types (default "
+                                                 "q4_k_m; f16 with --adapter-only).", show_default=False)] = None,
+    adapter_only: Annotated[bool, typer.Option("--adapter-only", help="Write a LoRA adapter as a GGUF LoRA adapter "
+                                               "(for llama.cpp's --lora, `chat --lora`, Ollama) instead of merging "
+                                               "it.")] = False,
     lora: LoraOpt = None,
     output: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--output", "-o", help="Folder (or one .gguf file) instead of the store.", show_default=False
         ),
     ] = None,
     store_name: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--name", help="Name to file the result under in the store.", show_default=False),
     ] = None,
     force: ForceOpt = False,
@@ -85,13 +90,13 @@ def convert(
         ),
     ] = False,
     imatrix: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--imatrix", help="Importance matrix from llama-imatrix.", show_default=False),
     ] = None,
     diff_base: DiffBaseOpt = None,
     revision: RevisionOpt = None,
     tokenizer_pre: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--tokenizer-pre",
             help="llama.cpp pre-tokenizer name for an unrecognised BPE tokenizer.",
@@ -103,12 +108,20 @@ def convert(
     threads: ThreadsOpt = None,
 ) -> None:
     """Convert a Hugging Face Llama model (optionally + LoRA) to GGUF and quantize it."""
+    progress = _progress()
+    if adapter_only:
+        from knowlm_local.convert.adapter_gguf import convert_adapter
+
+        path = convert_adapter(name, output, out_type=("f16" if quant is None else quant).lower(), lora=lora, force=force,
+                               revision=revision, skip_base_check=skip_base_check, progress=progress)
+        progress.say(f"{path.name}: use it with `knowlm-local chat -m BASE --lora {path}` (or llama.cpp's --lora)")
+        typer.echo(str(path))
+        return
     from knowlm_local.convert.pipeline import convert as run
 
-    progress = _progress()
     result = run(
         name,
-        quants=quant,
+        quants="q4_k_m" if quant is None else quant,  # an empty --quant "" is refused by convert
         lora=lora,
         output=output,
         name=store_name,
@@ -146,7 +159,7 @@ def merge(
     lora: LoraOpt = None,
     diff_base: DiffBaseOpt = None,
     output: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--output", "-o", help="Output folder. Default: STORE/NAME/merged.", show_default=False
         ),
@@ -196,7 +209,7 @@ def merge(
 def verify(
     gguf: Annotated[str, typer.Argument(help="A GGUF file or a store name like `oneke:q4_k_m`.")],
     hf_dir: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(
             help="The Hugging Face folder it was converted from. Default: from provenance.json.",
             show_default=False,
@@ -204,7 +217,7 @@ def verify(
     ] = None,
     lora: LoraOpt = None,
     prompt: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--prompt",
             "-p",

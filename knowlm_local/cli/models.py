@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,12 +34,12 @@ def models(
 def download(
     name: Annotated[str, typer.Argument(help="Zoo name (see `knowlm-local models`) or hub repo id `owner/name`.")],
     revision: RevisionOpt = None,
-    include: Annotated[Optional[list[str]], typer.Option("--include", help="Only files matching this glob (repeatable).",
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only files matching this glob (repeatable).",
                                                          show_default=False)] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Skip files matching this glob (repeatable).",
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip files matching this glob (repeatable).",
                                                          show_default=False)] = None,
     source: Annotated[str, typer.Option("--source", help="`hf` (the hub or $HF_ENDPOINT) or `modelscope`.")] = "hf",
-    endpoint: Annotated[Optional[str], typer.Option("--endpoint", help="Hub URL or mirror. Default: $HF_ENDPOINT.",
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Hub URL or mirror. Default: $HF_ENDPOINT.",
                                                     show_default=False)] = None,
     token: TokenOpt = None,
     no_base: Annotated[bool, typer.Option("--no-base", help="For a LoRA adapter, do not fetch its base model.")] = False,

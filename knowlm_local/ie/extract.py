@@ -94,7 +94,7 @@ class Extractor:
             raise KnowLMError("--chunk-tokens must be at least 1", "the default is 256")
         self.chunk_tokens = chunk_tokens
         self.form = form or form_for(model.template)
-        self.constrained = constrained and model.backend.info.name == "llama.cpp"
+        self.constrained = constrained and model.backend.supports_schema
         self.draft = draft
         self.copy = check_mode(copy)
         if not 1 <= max_items <= 1000:

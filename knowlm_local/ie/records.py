@@ -201,6 +201,8 @@ class Output:
 
     def __init__(self, path: Path | None, append: bool, stdout: IO[str] | None = None) -> None:
         self.path = path
+        self.count = 0
+        self.created = path is not None and not path.exists()
         if path is None:
             self.fh = stdout or sys.stdout
             self.own = False
@@ -216,6 +218,7 @@ class Output:
         try:
             self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.fh.flush()
+            self.count += 1
         except OSError as exc:
             if self.path is None:
                 raise
@@ -230,6 +233,11 @@ class Output:
                 raise write_error(exc, self.path) from None
             finally:
                 self.fh.close()
+
+    def discard_if_empty(self) -> None:
+        """Remove the file this run created when nothing was written to it (a run that failed at once)."""
+        if self.own and self.created and self.count == 0:
+            self.path.unlink(missing_ok=True)
 
 
 def prepare_output(path: str | None, resume: bool, force: bool) -> tuple[Path | None, Counter[str]]:

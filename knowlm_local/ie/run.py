@@ -53,15 +53,36 @@ def resolve_schema(task: str, schema: str | None, schema_file: str | None) -> An
 
 
 def load_for_extract(model: str | None, options: LoadOptions | None = None,
-                     prompt_lookup: int = 0) -> tuple[LoadedModel, Any]:
-    """Load a model the way extraction wants it; returns it and the speculative drafter (or None)."""
+                     prompt_lookup: int = 0, parallel: int | None = 1, say=None) -> tuple[LoadedModel, Any]:
+    """Load a model the way extraction wants it; returns it and the speculative drafter (or None).
+
+    ``parallel``: sequences decoded together (None: chosen from the hardware, and said through ``say``).
+    """
     from knowlm_local.runtime import choose_backend, load_model
     from knowlm_local.store import default_model, resolve
 
     options = options or LoadOptions()
-    resolved = resolve(model) if model else default_model()
+    if options.upstream:
+        return load_model(model, options), None
+    resolved = resolve(model) if model else default_model("extract")
     draft = None
     if choose_backend(resolved, options.backend) == "llama.cpp":
+        if parallel is None or parallel > 1:
+            if prompt_lookup > 0:
+                if parallel:
+                    raise KnowLMError("--prompt-lookup speculates on one sequence at a time",
+                                      "use it with --parallel 1, or drop it")
+                parallel = 1
+            else:
+                ctx = options.n_ctx or min(resolved.card.context_length if resolved.card else 2048, 2048)
+                if parallel is None:
+                    from knowlm_local.engine_plan import auto_parallel
+
+                    parallel, why = auto_parallel(resolved.path, ctx, options.n_gpu_layers)
+                    if say and parallel > 1:
+                        say(f"--parallel {parallel}: {why} (--parallel 1 for one record at a time)")
+                if parallel > 1:
+                    options = replace(options, parallel=parallel, n_ctx=ctx)
         extra = {"flash_attn": True, **options.extra}
         if options.n_threads:  # --threads N means N for prompts and draft checks too, not only for decoding
             extra.setdefault("n_threads_batch", options.n_threads)
@@ -71,7 +92,7 @@ def load_for_extract(model: str | None, options: LoadOptions | None = None,
             draft = CopyDraft(max_draft=prompt_lookup)
             extra["draft_model"] = draft
         options = replace(options, extra=extra)
-    return load_model(model, options), draft
+    return load_model(model, options, purpose="extract"), draft
 
 
 def run_extract(
@@ -93,6 +114,8 @@ def run_extract(
     prompt_lookup: int | None = None,
     copy: str = "strict",
     max_items: int = 24,
+    concurrency: int = 1,
+    parallel: int | None = 1,
     stdin: IO[bytes] | None = None,
     stdout: IO[str] | None = None,
 ) -> Stats:
@@ -117,42 +140,119 @@ def run_extract(
     stdout = stdout or sys.stdout
     table_out = Console(file=stdout, highlight=False) if fmt == "table" else None
 
-    loaded, draft = load_for_extract(model, options, DEFAULT_PROMPT_LOOKUP if prompt_lookup is None else prompt_lookup)
+    if parallel is not None and parallel < 1:
+        raise KnowLMError(f"--parallel must be at least 1, got {parallel}", "--parallel 1 decodes one record at a time")
+    loaded, draft = load_for_extract(model, options, DEFAULT_PROMPT_LOOKUP if prompt_lookup is None else prompt_lookup,
+                                     parallel=parallel, say=lambda text: err.print(f"[dim]{text}[/dim]"))
     if loaded.resolved.note:
         err.print(f"[dim]{loaded.resolved.note}[/dim]")
     params = loaded.default_params(**{"temperature": 0.0, "repeat_penalty": 1.0,
                                       **{k: v for k, v in (overrides or {}).items() if v is not None}})
-    extractor = Extractor(loaded, spec.name, user_schema, lang=lang, params=params, draft=draft,
-                          chunk_tokens=chunk_tokens or 256, copy=copy, max_items=max_items)
+    if concurrency > 1 and loaded.backend.info.name != "openai":
+        loaded.backend.close()
+        raise KnowLMError("--concurrency keeps several requests in flight to an --upstream server",
+                          "add --upstream URL, or use --parallel for a local model")
+    in_flight = concurrency if loaded.backend.info.name == "openai" else getattr(loaded.backend, "parallel", 1)
+
+    def make() -> Extractor:
+        return Extractor(loaded, spec.name, user_schema, lang=lang, params=params, draft=draft,
+                         chunk_tokens=chunk_tokens or 256, copy=copy, max_items=max_items)
+
+    workers = Workers(make, in_flight)
     # JSONL goes to the file, or to stdout unless a table was asked for.
     sink = Output(out_path, append=bool(skip), stdout=stdout) if (out_path or fmt == "jsonl") else None
     skipped = 0
+
+    def todo():
+        nonlocal skipped
+        for record in read_records(src):
+            if skip[record["id"]] > 0:
+                skip[record["id"]] -= 1
+                skipped += 1
+                continue
+            yield record
+
+    failed = True
     try:
         with ProgressView(err, src.size, f"{spec.name} {src.name}") as view:
-            for record in read_records(src):
-                if skip[record["id"]] > 0:
-                    skip[record["id"]] -= 1
-                    skipped += 1
-                    view.update(src.bytes_read, extractor.stats.records)
-                    continue
-                done = extractor.extract(record)
+            for done in workers.map(todo()):
                 if sink is not None:
                     sink.write(done)
                 if table_out is not None:
                     table_out.print(record_table(done))
-                view.update(src.bytes_read, extractor.stats.records)
+                view.update(src.bytes_read, workers.records)
+        failed = False
     except KeyboardInterrupt:
-        raise KnowLMError(f"interrupted after {extractor.stats.records} new records",
+        raise KnowLMError(f"interrupted after {workers.records} new records",
                           "run the same command with --resume to continue where it stopped" if out_path
                           else "write to a file with -o so that an interrupted run can be resumed") from None
     finally:
         if sink is not None:
             sink.close()
+            if failed:  # an error before the first record leaves no empty output file behind
+                sink.discard_if_empty()
         if source != "-":
             src.stream.close()
         loaded.backend.close()
-    err.print(f"[dim]{summary_line(extractor.stats, skipped)}[/dim]")
+    stats = workers.stats()
+    err.print(f"[dim]{summary_line(stats, skipped)}[/dim]")
     if draft is not None and draft.proposed:
         err.print(f"[dim]speculation: {draft.accepted}/{draft.proposed} drafted tokens accepted "
                   f"({draft.acceptance:.0%})[/dim]")
-    return extractor.stats
+    return stats
+
+
+class Workers:
+    """Records through one Extractor, or through ``n`` of them in threads with answers kept in input order.
+
+    Several extractors share the backend: the `openai` backend keeps their
+    requests in flight at once. At most ``2 n`` records are in flight, so a
+    kill redoes at most those (``--resume`` skips what was written, in order).
+    """
+
+    def __init__(self, make, n: int = 1) -> None:
+        import threading
+
+        self.n = max(1, n)
+        self._make = make
+        self._local = threading.local()
+        self._all: list[Extractor] = []
+        self._lock = threading.Lock()
+        self.first = self._mine()
+
+    def _mine(self) -> Extractor:
+        ex = getattr(self._local, "ex", None)
+        if ex is None:
+            ex = self._local.ex = self._make()
+            with self._lock:
+                self._all.append(ex)
+        return ex
+
+    @property
+    def records(self) -> int:
+        return sum(ex.stats.records for ex in self._all)
+
+    def map(self, records):
+        if self.n == 1:
+            for record in records:
+                yield self.first.extract(record)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.n, thread_name_prefix="extract") as pool:
+            pending: deque = deque()
+            for record in records:
+                pending.append(pool.submit(lambda r: self._mine().extract(r), record))
+                while len(pending) >= 2 * self.n:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def stats(self) -> Stats:
+        total = Stats(started=min(ex.stats.started for ex in self._all))
+        for ex in self._all:
+            for name, value in vars(ex.stats).items():
+                if name != "started":
+                    setattr(total, name, getattr(total, name) + value)
+        return total
