@@ -1,5 +1,7 @@
 """What does `serve` cost, and how does it scale? The HTTP API against the backend itself, in one run.
 
+The server runs as `knowlm-local serve` in its own process, as users run it.
+
 1. One client: decode tokens/s of streamed `/v1/chat/completions` (the official openai client, greedy, the
    embedded model) against the same prompts decoded by the backend directly, which is what `knowlm-local
    chat -p` runs. Target: API / direct >= 0.95.
@@ -57,6 +59,38 @@ def direct(args) -> float:
     finally:
         loaded.backend.close()
     return tokens / seconds
+
+
+class ServeProcess:
+    """`knowlm-local serve` as users run it: its own process (the clients here must not share its cores' GIL)."""
+
+    def __init__(self, parallel: int, args) -> None:
+        import socket
+        import subprocess
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        exe = Path(sys.executable).parent / "knowlm-local"
+        self.proc = subprocess.Popen([str(exe), "serve", "smollm2", "--port", str(port), "--parallel", str(parallel),
+                                      "--ctx", "1024", "--threads", str(args.threads), "--queue", "64"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("the server did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def one_request(client, model: str, text: str, max_tokens: int) -> dict:
@@ -128,15 +162,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clients", default="1,4,8")
     args = ap.parse_args()
-    from knowlm_local.serve.app import ServeSettings
-    from knowlm_local.serve.run import Server
-
     base = direct(args)
     counts = [int(x) for x in args.clients.split(",")]
     rows = {}
     for parallel in (1, args.parallel):
-        srv = Server(ServeSettings(host="127.0.0.1", port=0, queue_size=64, parallel=parallel),
-                     loader(args, parallel)).start()
+        srv = ServeProcess(parallel, args)
         try:
             if parallel == 1:
                 single = load_clients(srv.url, 1, args.single, args.max_tokens)

@@ -85,10 +85,12 @@ def auto_parallel(path: Path, n_ctx: int, n_gpu_layers: int | None = None) -> tu
         import llama_cpp
 
         gpu = bool(llama_cpp.llama_supports_gpu_offload())
-    cores = os.cpu_count() or 2
-    want, why = (16, "a GPU decodes 16 sequences for about the cost of one") if gpu else \
-        ((4, f"{cores} CPU cores are compute-bound: a few sequences already give most of the gain") if cores <= 4
-         else (8, f"{cores} CPU cores"))
+    if not gpu:
+        # Measured (benchmarks/bench_engine.py, embedded model, 2 cores): batches cost nearly their tokens'
+        # worth of single steps on a compute-bound CPU, and --parallel 2-16 gave 0.67-1.35x of --parallel 1
+        # from run to run. One sequence at a time is the default there; --parallel N stays available.
+        return 1, f"on the CPU ({os.cpu_count() or 2} cores) batching did not pay in this project's benchmark"
+    want, why = 16, "a GPU decodes 16 sequences for about the cost of one"
     per = kv_bytes(Path(path), n_ctx, 1)
     budget, where = _budget(n_gpu_layers)
     if per and (want + 1) * per > budget:
