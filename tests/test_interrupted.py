@@ -104,9 +104,12 @@ def test_killed_finetune_resumes_from_its_last_complete_checkpoint(tiny_llama_di
     proc.wait(timeout=30)
     proc.stderr.close()
     # make sure a cut-short checkpoint is there too, as a kill during a save leaves it
+    # (the kill itself may have cut the newest one short: copy the newest complete one)
     steps = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
+    complete = [s for s in steps if (run / f"checkpoint-{s}" / "trainer_state.json").is_file()]
+    assert complete, steps
     partial = run / f"checkpoint-{steps[-1] + 1}"
-    shutil.copytree(run / f"checkpoint-{steps[-1]}", partial)
+    shutil.copytree(run / f"checkpoint-{complete[-1]}", partial)
     (partial / "trainer_state.json").unlink()
     again = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "already holds a training run" in again.stderr
