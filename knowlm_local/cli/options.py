@@ -92,8 +92,8 @@ AdapterOpt = Annotated[
 
 KvTypeOpt = Annotated[
     str | None,
-    typer.Option("--kv-type", help="KV cache type for llama.cpp: f16 (default), q8_0, bf16 or f32. q8_0 makes "
-                 "batched and speculative answers identical to one-at-a-time ones (~8% slower).",
+    typer.Option("--kv-type", help="KV cache type for llama.cpp: f16 (default), q8_0, bf16 or f32. q8_0 halves "
+                 "the cache (and turns on flash attention, which llama.cpp needs for it).",
                  show_default=False),
 ]
 AllocateOpt = Annotated[
