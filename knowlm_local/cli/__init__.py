@@ -89,6 +89,8 @@ from knowlm_local.cli import convert as _convert  # noqa: F401
 from knowlm_local.cli import extract as _extract  # noqa: F401
 from knowlm_local.cli import serve as _serve  # noqa: F401
 from knowlm_local.cli import train as _train  # noqa: F401
+from knowlm_local.cli import edit as _edit  # noqa: F401
+from knowlm_local.cli import instruct as _instruct  # noqa: F401
 from knowlm_local.cli import doctor as _doctor  # noqa: F401
 # isort: on
 

@@ -48,6 +48,9 @@ def chat(
                                                   show_default=False)] = None,
     model: ModelOpt = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.", show_default=False)] = None,
+    edit_memory: Annotated[str | None, typer.Option(
+        "--edit-memory", help="An IKE edit memory (from `edit --method ike`): its facts go into the system prompt.",
+        show_default=False)] = None,
     temperature: TemperatureOpt = None,
     top_p: TopPOpt = None,
     top_k: TopKOpt = None,
@@ -69,6 +72,10 @@ def chat(
     """Chat with a model: interactive, one-shot (`-p`), or from stdin (`-`)."""
     from knowlm_local.chat import run_chat
 
+    if edit_memory:
+        from knowlm_local.edit.ike import chat_system, read_memory
+
+        system = chat_system(read_memory(edit_memory), system)
     if source not in (None, "-"):
         from knowlm_local.errors import KnowLMError
 
