@@ -21,6 +21,9 @@ def test_wheel_contents(tmp_path):
     cards = {n for n in names if n.startswith("knowlm_local/models/") and n.endswith(".toml")}
     assert {f"knowlm_local/models/{p.name}" for p in (ROOT / "models").glob("*.toml")} == cards
     assert "knowlm_local/convert/__init__.py" in names
+    subpackages = {f"{p.parent.relative_to(ROOT).as_posix()}/__init__.py"
+                   for p in (ROOT / "knowlm_local").rglob("__init__.py")}
+    assert subpackages <= set(names), sorted(subpackages - set(names))  # a package missing from pyproject's list
     top = {n.split("/")[0] for n in names if not n.startswith("knowlm_local-")}
     assert top == {"knowlm_local"}
 
