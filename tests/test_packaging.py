@@ -23,7 +23,7 @@ def test_wheel_contents(tmp_path):
     assert "knowlm_local/convert/__init__.py" in names
     subpackages = {f"{p.parent.relative_to(ROOT).as_posix()}/__init__.py"
                    for p in (ROOT / "knowlm_local").rglob("__init__.py")}
-    assert subpackages <= set(names), sorted(subpackages - set(names))  # a package missing from pyproject's list
+    assert subpackages <= set(names), sorted(subpackages - set(names))  # missing from pyproject
     top = {n.split("/")[0] for n in names if not n.startswith("knowlm_local-")}
     assert top == {"knowlm_local"}
 
