@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -281,4 +281,4 @@ def list_edits(folder: str) -> list:
     return EditLog.load(path).entries
 
 
-__all__ = ["EditOptions", "EditReport", "apply_edits", "undo_edit", "list_edits", "replace"]
+__all__ = ["EditOptions", "EditReport", "apply_edits", "undo_edit", "list_edits"]
