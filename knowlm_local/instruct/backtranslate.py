@@ -51,7 +51,7 @@ def backtranslate(source: str | Path, output: str | Path, *, loaded: LoadedModel
         done = {r.get("doc") for r in job.done}
         tally.resumed = len(job.done)
         already = len(done & {d[0] for d in docs})
-        try:
+        with job.guard(lambda: f"{tally.tried} documents"):
             with Progress(console, len(docs), "backtranslate", already) as bar:
                 for doc_id, text in docs:
                     if doc_id in done:
@@ -67,14 +67,6 @@ def backtranslate(source: str | Path, output: str | Path, *, loaded: LoadedModel
                     else:
                         tally.skip(reason, detail)
                     bar.update(already + tally.tried, tally)
-        except KeyboardInterrupt:
-            job.close()
-            raise KnowLMError(f"interrupted after {tally.tried} documents (kept in {job.partial})",
-                              "run the same command with --resume to continue where it stopped") from None
-        except BaseException:
-            job.close()
-            raise
-        job.finish()
     return tally
 
 

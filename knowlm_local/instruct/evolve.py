@@ -92,7 +92,7 @@ def evolve(source: str | Path, output: str | Path, *, loaded: LoadedModel | None
         job = JobOutput(out, resume)
         done = {r.get("parent") for r in job.done}
         tally.resumed = len(job.done)
-        try:
+        with job.guard(lambda: f"{tally.tried} records"):
             already = len(done & {i.id for i in items})
             with Progress(console, len(items), "evolve", already) as bar:
                 for index, item in enumerate(items):
@@ -130,12 +130,4 @@ def evolve(source: str | Path, output: str | Path, *, loaded: LoadedModel | None
                                          "evol-instruct:" + "+".join(steps), parent=item.id))
                         tally.kept += 1
                     bar.update(already + tally.tried, tally)
-        except KeyboardInterrupt:
-            job.close()
-            raise KnowLMError(f"interrupted after {tally.tried} records (kept in {job.partial})",
-                              "run the same command with --resume to continue where it stopped") from None
-        except BaseException:
-            job.close()
-            raise
-        job.finish()
     return tally

@@ -109,7 +109,7 @@ def generate(seed_file: str | Path, output: str | Path, n: int = 100, *, loaded:
         tally.resumed = len(made)
         pool = RougeIndex([s.instruction for s in seeds] + [r.get("instruction", "") for r in made])
         attempt = 0
-        try:
+        with job.guard(lambda: f"{len(made)} of {n} tasks"):
             with Progress(console, n, "self-instruct", len(made)) as bar:
                 while len(made) < n and tally.tried < max_tries:
                     slot = len(made)
@@ -136,14 +136,6 @@ def generate(seed_file: str | Path, output: str | Path, n: int = 100, *, loaded:
                         tally.kept += 1
                         attempt = 0
                     bar.update(len(made), tally)
-        except KeyboardInterrupt:
-            job.close()
-            raise KnowLMError(f"interrupted after {len(made)} of {n} tasks (kept in {job.partial})",
-                              "run the same command with --resume to continue where it stopped") from None
-        except BaseException:
-            job.close()
-            raise
-        job.finish()
     if len(made) < n:
         tally.notes.append(f"stopped after {tally.tried} tries (--max-tries) with {len(made)} of {n} tasks; "
                            "a larger model, more seed tasks or a higher --temperature keep more")

@@ -17,9 +17,10 @@ partial file (or of a finished output, to extend it), so an interrupted run lose
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,23 @@ class JobOutput:
             os.replace(self.partial, self.output)
         except OSError as exc:
             raise write_error(exc, self.output) from None
+
+    @contextlib.contextmanager
+    def guard(self, progress: Callable[[], str]) -> Iterator[None]:
+        """Finish the job when the block ends; on Ctrl-C or an error keep the partial file for ``--resume``.
+
+        ``progress()`` says how far the run got ("12 documents"), for the message on Ctrl-C.
+        """
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.close()
+            raise KnowLMError(f"interrupted after {progress()} (kept in {self.partial})",
+                              "run the same command with --resume to continue where it stopped") from None
+        except BaseException:
+            self.close()
+            raise
+        self.finish()
 
     def close(self) -> None:
         """Close without finishing (an interrupted or failed run): the partial file stays for ``--resume``."""
