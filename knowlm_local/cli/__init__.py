@@ -47,21 +47,27 @@ def report(exc: KnowLMError) -> None:
         err.print(f"[bold]hint:[/bold] {escape(exc.hint)}")
 
 
+def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its :class:`KnowLMError` printed as error:/hint: lines and exit code 1 (unless KNOWLM_DEBUG)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except KnowLMError as exc:
+            if os.environ.get("KNOWLM_DEBUG"):
+                raise
+            report(exc)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
 def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a command whose :class:`KnowLMError` is reported, not raised."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            try:
-                return fn(*args, **kw)
-            except KnowLMError as exc:
-                if os.environ.get("KNOWLM_DEBUG"):
-                    raise
-                report(exc)
-                raise typer.Exit(1) from None
-
-        app.command(name, **kwargs)(wrapper)
+        app.command(name, **kwargs)(reported(fn))
         return fn
 
     return decorate

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-from knowlm_local.cli import app, report
+from knowlm_local.cli import app, reported
 from knowlm_local.cli.options import (
     MAX_CTX,
     MAX_TEMPERATURE,
@@ -24,7 +22,6 @@ from knowlm_local.cli.options import (
     UpstreamOpt,
     load_options,
 )
-from knowlm_local.errors import KnowLMError
 
 instruct_app = typer.Typer(
     name="instruct",
@@ -41,17 +38,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable
     """Register an `instruct` subcommand whose KnowLMError is reported as error:/hint: lines (exit 1)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            try:
-                return fn(*args, **kw)
-            except KnowLMError as exc:
-                if os.environ.get("KNOWLM_DEBUG"):
-                    raise
-                report(exc)
-                raise typer.Exit(1) from None
-
-        instruct_app.command(name, **kwargs)(wrapper)
+        instruct_app.command(name, **kwargs)(reported(fn))
         return fn
 
     return decorate
