@@ -9,13 +9,19 @@ The server runs as `knowlm-local serve` in its own process, as users run it.
    `--parallel 1` (one request at a time, FIFO) and `--parallel P` (requests decoded together in the batched
    engine): requests/s, aggregate generated tokens/s, latency p50 / p95 and time to first token p50 / p95.
 
-    python benchmarks/bench_serve.py [--requests 24] [--max-tokens 48] [--parallel 4] [--threads 2]
+    python benchmarks/bench_serve.py [--requests 24] [--max-tokens 48] [--parallel 4] [--threads 2] [--pin]
+
+``--pin`` gives the model (the server, and the direct run) all CPUs but the last and the clients the last one,
+with ``--threads`` set to the model's share: on a small machine the clients' own work otherwise takes cycles
+from the decode and the ratio measures the benchmark, not the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -61,12 +67,26 @@ def direct(args) -> float:
     return tokens / seconds
 
 
+def pinned(cpus):
+    """A preexec_fn that puts a child process on ``cpus`` (None: wherever the OS likes)."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def direct_pinned(args) -> float:
+    """``direct`` in a child process on the model's CPUs, so it runs where the server will."""
+    argv = [sys.executable, __file__, "--direct-only", "--threads", str(args.threads), "--single", str(args.single),
+            "--max-tokens", str(args.max_tokens)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, preexec_fn=pinned(args.model_cpus))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 class ServeProcess:
     """`knowlm-local serve` as users run it: its own process (the clients here must not share its cores' GIL)."""
 
     def __init__(self, parallel: int, args) -> None:
         import socket
-        import subprocess
         import urllib.request
 
         with socket.socket() as s:
@@ -75,7 +95,8 @@ class ServeProcess:
         exe = Path(sys.executable).parent / "knowlm-local"
         self.proc = subprocess.Popen([str(exe), "serve", "smollm2", "--port", str(port), "--parallel", str(parallel),
                                       "--ctx", "1024", "--threads", str(args.threads), "--queue", "64"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=pinned(args.model_cpus))
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -161,8 +182,25 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clients", default="1,4,8")
+    ap.add_argument("--pin", action="store_true", help="model on all CPUs but the last, clients on the last")
+    ap.add_argument("--direct-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    base = direct(args)
+    if args.direct_only:
+        print(direct(args))
+        return
+    args.model_cpus = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 CPUs")
+        args.model_cpus, client_cpus = set(cpus[:-1]), {cpus[-1]}
+        args.threads = len(args.model_cpus)
+        os.sched_setaffinity(0, client_cpus)
+        print(f"pinned: model on CPUs {sorted(args.model_cpus)} ({args.threads} threads), clients on "
+              f"{sorted(client_cpus)}", flush=True)
+        base = direct_pinned(args)
+    else:
+        base = direct(args)
     counts = [int(x) for x in args.clients.split(",")]
     rows = {}
     for parallel in (1, args.parallel):

@@ -326,8 +326,8 @@ def run_chat(model: str | None, options: Any, prompt: str | None = None, read_st
         if not prompt.strip():
             raise KnowLMError("stdin is empty", 'pipe a question in: echo "question" | knowlm-local chat -')
     loaded = load_model(model, options)
-    if loaded.resolved.note:
-        err.print(f"[dim]{loaded.resolved.note}[/dim]", markup=True)
+    for line in loaded.notes():
+        err.print(line, style="dim", markup=False, highlight=False)
     session = ChatSession(loaded, loaded.default_params(**(overrides or {})), system=system)
     try:
         if prompt is not None:

@@ -42,6 +42,11 @@ class LoadedModel:
     resolved: ResolvedModel
     backend: Backend
     template: Template
+    choice: BackendChoice | None = None
+
+    def notes(self) -> list[str]:
+        """What to tell the user once the model is loaded: the model's note and the backend chosen, with why."""
+        return [line for line in (self.resolved.note, str(self.choice) if self.choice else "") if line]
 
     @property
     def card(self) -> ModelCard | None:
@@ -57,24 +62,69 @@ class LoadedModel:
 BACKEND_ALIASES = {"hf": "transformers"}  # what users type (`--backend hf`) -> the registry name
 
 
-def choose_backend(resolved: ResolvedModel, wanted: str) -> str:
-    """llama.cpp for GGUF files; transformers for HF folders (full precision, meant for CUDA)."""
-    wanted = BACKEND_ALIASES.get(wanted, wanted)
-    if wanted != "auto":
-        if wanted == "llama.cpp" and resolved.kind != "gguf":
-            raise KnowLMError(
-                f"{resolved.name} is a Hugging Face checkpoint, llama.cpp needs a GGUF",
-                f"convert it first: knowlm-local convert {resolved.name} --quant q4_k_m",
-            )
-        return wanted
-    if resolved.kind == "gguf":
-        return "llama.cpp"
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend runs a model, and why, in words a user can act on (printed when a model loads)."""
+
+    name: str
+    reason: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"backend: {self.name}: {self.reason}" + (f"; {self.hint}" if self.hint else "")
+
+
+def cuda_available() -> bool:
+    """A CUDA GPU torch can use (False without torch: the transformers backend could not run anyway)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def backend_wanted(wanted: str) -> str:
+    """The registry name for what the user typed (``hf`` -> ``transformers``)."""
+    return BACKEND_ALIASES.get(wanted, wanted)
+
+
+def choose_backend(resolved: ResolvedModel, wanted: str, cuda: bool | None = None) -> BackendChoice:
+    """GGUF -> llama.cpp; HF weights -> transformers, on CUDA when there is one; ``--backend`` forces one.
+
+    ``cuda``: whether a CUDA GPU is usable (None: ask torch, only when the answer matters).
+    """
+    wanted = backend_wanted(wanted)
     if resolved.kind == "lora":
         raise KnowLMError(
             f"{resolved.name} is a LoRA adapter, not a full model",
             f"merge and convert it: knowlm-local convert {resolved.name} --quant q4_k_m",
         )
-    return "transformers"
+    if wanted not in ("auto", "llama.cpp", "transformers"):
+        raise KnowLMError(f"unknown backend {wanted!r}", "choose auto, llama.cpp or hf")
+    if wanted == "llama.cpp":
+        if resolved.kind != "gguf":
+            raise KnowLMError(
+                f"{resolved.name} is a Hugging Face checkpoint, llama.cpp needs a GGUF",
+                f"convert it first: knowlm-local convert {resolved.name} --quant q4_k_m",
+            )
+        return BackendChoice("llama.cpp", "asked for with --backend")
+    if wanted == "transformers":
+        if resolved.kind == "gguf":
+            raise KnowLMError(f"{resolved.name} is a GGUF file; the transformers backend runs Hugging Face weights",
+                              "pass the Hugging Face folder (or a zoo name) with --backend hf, or leave --backend out")
+        return BackendChoice("transformers", "asked for with --backend")
+    if resolved.kind == "gguf":
+        return BackendChoice("llama.cpp", f"{resolved.name} is a GGUF")
+    cuda = cuda_available() if cuda is None else cuda
+    convert = f"knowlm-local convert {resolved.name} --quant q4_k_m"
+    if cuda:
+        return BackendChoice("transformers", "only Hugging Face weights are here and a CUDA GPU is visible: "
+                                             "full precision on the GPU")
+    return BackendChoice("transformers", "only Hugging Face weights are here and no CUDA GPU is visible: "
+                                         "float32 on the CPU",
+                         f"llama.cpp runs a GGUF of it several times faster on a CPU: {convert}")
 
 
 def _load_remote(spec: str | None, options: LoadOptions) -> LoadedModel:
@@ -99,6 +149,20 @@ def _load_remote(spec: str | None, options: LoadOptions) -> LoadedModel:
     return LoadedModel(resolved=resolved, backend=backend, template=template)
 
 
+def resolve_for(spec: str | None, backend: str, purpose: str = "chat") -> ResolvedModel:
+    """What ``spec`` names, as the backend asked for needs it (``--backend hf``: the Hugging Face weights)."""
+    hf = backend_wanted(backend) == "transformers"
+    if not spec and not hf:
+        return default_model(purpose)
+    if not spec:  # the store's newest GGUF is no use to transformers: KNOWLM_MODEL, else the built-in model
+        import os
+
+        from knowlm_local.zoo import embedded_card
+
+        spec = os.environ.get("KNOWLM_MODEL") or embedded_card().name
+    return resolve(spec, want="hf" if hf else "any")
+
+
 def _adapter_file(spec: str) -> str:
     from pathlib import Path
 
@@ -116,9 +180,10 @@ def load_model(spec: str | None, options: LoadOptions | None = None, purpose: st
     options = options or LoadOptions()
     if options.upstream:
         return _load_remote(spec, options)
-    resolved = resolve(spec) if spec else default_model(purpose)
+    resolved = resolve_for(spec, options.backend, purpose)
     card = resolved.card
-    name = choose_backend(resolved, options.backend)
+    choice = choose_backend(resolved, options.backend)
+    name = choice.name
     n_ctx = options.n_ctx or (card.context_length if card else None)
     kwargs = dict(n_ctx=n_ctx, n_gpu_layers=options.n_gpu_layers, n_threads=options.n_threads, seed=options.seed)
     adapter = options.lora or (str(resolved.adapter) if resolved.adapter else None)
@@ -151,4 +216,6 @@ def load_model(spec: str | None, options: LoadOptions | None = None, purpose: st
     template_name = options.template or (card.template if card else "gguf")
     info = backend.info
     template = get_template(template_name, info.chat_template, info.bos_token, info.eos_token, info.adds_bos)
-    return LoadedModel(resolved=resolved, backend=backend, template=template)
+    if name == "llama.cpp-batch":
+        choice = BackendChoice(name, f"{choice.reason}; {options.parallel} sequences decoded together")
+    return LoadedModel(resolved=resolved, backend=backend, template=template, choice=choice)

@@ -171,10 +171,15 @@ def _from_store(label: str, quant: str | None, card: ModelCard | None) -> Resolv
     return None
 
 
-def _resolve_repo(repo: str, revision: str | None, quant: str | None, card: ModelCard | None) -> ResolvedModel | None:
-    """A store conversion, a ModelScope download or an HF cache snapshot of ``repo``."""
+def _resolve_repo(repo: str, revision: str | None, quant: str | None, card: ModelCard | None,
+                  want: str = "any") -> ResolvedModel | None:
+    """A store conversion, a ModelScope download or an HF cache snapshot of ``repo``.
+
+    ``want="hf"`` skips GGUF files (the store's conversions and GGUF repos): ``--backend hf`` runs the
+    Hugging Face weights even where a conversion of them exists.
+    """
     label = card.name if card else repo
-    stored = _from_store(label, quant, card)
+    stored = _from_store(label, quant, card) if want != "hf" else None
     if stored:
         return stored
     candidates = []
@@ -190,7 +195,7 @@ def _resolve_repo(repo: str, revision: str | None, quant: str | None, card: Mode
         except KnowLMError:
             continue
         if kind == "gguf":
-            chosen = pick_gguf(list(folder.glob("*.gguf")), quant)
+            chosen = pick_gguf(list(folder.glob("*.gguf")), quant) if want != "hf" else None
             if chosen:
                 return ResolvedModel(f"{label}:{gguf_quant(chosen)}", "gguf", chosen, card)
             continue
@@ -198,8 +203,11 @@ def _resolve_repo(repo: str, revision: str | None, quant: str | None, card: Mode
     return None
 
 
-def resolve(spec: str, revision: str | None = None) -> ResolvedModel:
-    """Turn what the user typed into a model on disk (see the module docstring for the order)."""
+def resolve(spec: str, revision: str | None = None, want: str = "any") -> ResolvedModel:
+    """Turn what the user typed into a model on disk (see the module docstring for the order).
+
+    ``want="hf"``: a zoo name or repo id resolves to its Hugging Face weights, never to a GGUF.
+    """
     from knowlm_local.embedded import embedded_gguf
 
     spec = spec.strip()
@@ -213,21 +221,37 @@ def resolve(spec: str, revision: str | None = None) -> ResolvedModel:
     name, _, quant = spec.partition(":")
     quant = quant or None
     card = find_card(name)
+    if card is not None and card.embedded and want == "hf":
+        if card.adapter_file:
+            raise KnowLMError(f"{card.name} is the built-in model plus a GGUF LoRA adapter, which only llama.cpp "
+                              "applies", f"leave --backend out, or run the plain model: -m {card.base or 'smollm2'} "
+                              "--backend hf")
+        from knowlm_local.train.base import export_embedded
+
+        return ResolvedModel(card.name, "hf", export_embedded(), card,
+                             note="note: the built-in model's weights, exported once from its GGUF to a Hugging Face "
+                                  "folder in the store (float32)")
     if card is not None and card.embedded:
         from knowlm_local.zoo import adapter_path
 
         adapter = adapter_path(card) if card.adapter_file else None
         return ResolvedModel(card.name, "gguf", embedded_gguf(card), card, note=embedded_note(card), adapter=adapter)
     if card is not None:
-        found = _resolve_repo(card.hf_repo, revision or card.revision, quant, card)
+        found = _resolve_repo(card.hf_repo, revision or card.revision, quant, card, want)
         if found:
             return found
+        if want == "hf" and card.format == "gguf":
+            raise KnowLMError(f"{card.name} is published as GGUF files only; the transformers backend needs "
+                              "Hugging Face weights", "run it with llama.cpp: leave --backend out")
+        if want == "hf" and converted(card.name):
+            raise KnowLMError(f"only GGUF conversions of {card.name} are here; --backend hf needs its Hugging Face "
+                              "weights", f"run: knowlm-local download {card.name} (or leave --backend out)")
         steps = f"knowlm-local download {card.name}"
         if card.format != "gguf":
             steps += f" && knowlm-local convert {card.name} --quant q4_k_m"
         raise KnowLMError(f"{card.name} is not installed", f"run: {steps}")
     if "/" in name and name.count("/") == 1:
-        found = _resolve_repo(name, revision, quant, None)
+        found = _resolve_repo(name, revision, quant, None, want)
         if found:
             return found
         raise KnowLMError(f"{name} is not in the local cache", f"run: knowlm-local download {name}")

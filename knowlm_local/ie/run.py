@@ -58,15 +58,14 @@ def load_for_extract(model: str | None, options: LoadOptions | None = None,
 
     ``parallel``: sequences decoded together (None: chosen from the hardware, and said through ``say``).
     """
-    from knowlm_local.runtime import choose_backend, load_model
-    from knowlm_local.store import default_model, resolve
+    from knowlm_local.runtime import choose_backend, load_model, resolve_for
 
     options = options or LoadOptions()
     if options.upstream:
         return load_model(model, options), None
-    resolved = resolve(model) if model else default_model("extract")
+    resolved = resolve_for(model, options.backend, "extract")
     draft = None
-    if choose_backend(resolved, options.backend) == "llama.cpp":
+    if choose_backend(resolved, options.backend, cuda=False).name == "llama.cpp":
         if parallel is None or parallel > 1:
             if prompt_lookup > 0:
                 if parallel:
@@ -144,8 +143,8 @@ def run_extract(
         raise KnowLMError(f"--parallel must be at least 1, got {parallel}", "--parallel 1 decodes one record at a time")
     loaded, draft = load_for_extract(model, options, DEFAULT_PROMPT_LOOKUP if prompt_lookup is None else prompt_lookup,
                                      parallel=parallel, say=lambda text: err.print(f"[dim]{text}[/dim]"))
-    if loaded.resolved.note:
-        err.print(f"[dim]{loaded.resolved.note}[/dim]")
+    for line in loaded.notes():
+        err.print(line, style="dim", markup=False, highlight=False)
     params = loaded.default_params(**{"temperature": 0.0, "repeat_penalty": 1.0,
                                       **{k: v for k, v in (overrides or {}).items() if v is not None}})
     if concurrency > 1 and loaded.backend.info.name != "openai":
