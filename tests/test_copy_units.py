@@ -209,3 +209,44 @@ def test_unknown_mode_and_off(mode):
         check_mode("sometimes")
     off = Constraint("NER", "abc", mode="off")
     assert off.start().feed(b'{"person": ["not in the text"]}') == DONE
+
+
+class Grammar(AllowAll):
+    """What CopyDecoder needs of a grammar, allowing everything (the tracker alone judges here)."""
+
+    def accept(self, token):
+        pass
+
+    def clone(self):
+        return self
+
+    def close(self):
+        pass
+
+
+def test_a_duplicate_closes_the_list_at_the_previous_item_as_it_was():
+    """A model that repeats an item after a ``", "`` token (one token closing an item and opening the next):
+    the decoder goes back into the previous item's string, and that string must then end as it was. It used
+    to grow instead ("Bob" became "Bobby" when the model's next choice was to continue the text)."""
+    from knowlm_local.backends.copy_decoder import CopyDecoder
+
+    pieces = [b"", b'{"', b"person", b'": [', b'"', b"Ann", b'", "', b"Bob", b"by", b'"', b'"]', b"}"]
+    ids = {p: i for i, p in enumerate(pieces)}
+    wanted = [b'{"', b"person", b'": [', b'"', b"Ann", b'", "', b"Bob", b'", "', b"Ann", b'"']
+    dec = CopyDecoder(Vocab(pieces), Grammar(), Constraint("NER", "Ann met Bob, then Bobby."), {}, max_tokens=40)
+    undone = 0
+    for _ in range(40):
+        logits = np.zeros(len(pieces), dtype=np.float32)
+        n = len(dec.tokens)
+        if n < len(wanted):
+            logits[ids[wanted[n]]] = 10.0
+        logits[ids[b"by"]] = 5.0  # second choice everywhere: run on into "Bobby"
+        logits[ids[b'"]']] = 4.0
+        logits[ids[b"}"]] = 3.0
+        step = dec.step(logits)
+        undone += step.kind == "undo"
+        if step.kind == "done":
+            break
+    answer = b"".join(pieces[t] for t in dec.tokens).decode()
+    assert undone == 1
+    assert json.loads(answer) == {"person": ["Ann", "Bob"]}, answer

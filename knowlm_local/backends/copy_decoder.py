@@ -86,6 +86,7 @@ class _Answer:
         b = _undo_point(self.marks, cid, item)
         tracker = self.marks[b].tracker.copy()
         tracker.close_container(cid)
+        tracker.seal_string()  # the previous item ends as it was (its closing quote may have come with the comma)
         self.marks[b] = _Mark(tracker.copy(), self.marks[b].grammar)
         for mark in self.marks[b + 1:]:
             mark.grammar.close()

@@ -105,9 +105,9 @@ class Tracker:
     """Where an answer stands after the bytes fed so far (see the module docstring)."""
 
     __slots__ = ("c", "stack", "done", "s_on", "s_key", "s_val", "s_kind", "s_states", "s_first", "s_word", "s_nan",
-                 "s_esc", "s_hex", "s_utf8", "s_space", "last_dup")
+                 "s_esc", "s_hex", "s_utf8", "s_space", "s_sealed", "last_dup")
     _STRING_FIELDS = ("s_on", "s_key", "s_val", "s_kind", "s_states", "s_first", "s_word", "s_nan", "s_esc", "s_hex",
-                      "s_utf8", "s_space")
+                      "s_utf8", "s_space", "s_sealed")
 
     def __init__(self, constraint: Constraint) -> None:
         self.c = constraint
@@ -129,6 +129,7 @@ class Tracker:
         self.s_hex = ""
         self.s_utf8 = b""  # raw bytes of a character not complete yet
         self.s_space = False  # loose: the last folded character was a space
+        self.s_sealed = False  # the string may only end now (see seal_string)
 
     def copy(self) -> Tracker:
         t = Tracker.__new__(Tracker)
@@ -159,6 +160,17 @@ class Tracker:
         box = self.container(cid)
         if box is not None:
             box.no_more = True
+
+    def seal_string(self) -> None:
+        """Let the string being written (if any) only end, not grow.
+
+        After a duplicate the decoder goes back to the end of the previous
+        item, which can lie inside that item's string when one token closed
+        it and opened the next (``", "``): the item was complete there, so it
+        must close as it was, not run on into the text that follows it.
+        """
+        if self.s_on:
+            self.s_sealed = True
 
     # -- feeding ------------------------------------------------------------
     def feed(self, data: bytes) -> str:
@@ -262,6 +274,8 @@ class Tracker:
 
     # -- strings -------------------------------------------------------------
     def _string_byte(self, b: int) -> str:
+        if self.s_sealed and b != ord('"'):
+            return REFUSED
         if self.s_esc == 1:
             return self._escape_byte(b)
         if self.s_esc >= 2:
