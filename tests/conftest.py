@@ -87,6 +87,17 @@ def kill_after_records(cmd: list[str], env: dict, out: Path, n: int = 3, timeout
     return written_ids(out)
 
 
+def store_gguf(embedded_path: Path, name: str, quant: str) -> Path:
+    """A store entry ``models/<name>/<name>-<quant>.gguf`` pointing at the embedded GGUF (a symlink: no copy)."""
+    from knowlm_local.store import home
+
+    folder = home() / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}-{quant}.gguf"
+    target.symlink_to(embedded_path)
+    return target
+
+
 def knowlm_exe() -> str:
     exe = Path(sys.executable).parent / "knowlm-local"
     return str(exe) if exe.exists() else "knowlm-local"

@@ -8,6 +8,7 @@ hf`` on a zoo name finds the Hugging Face weights even where a GGUF conversion o
 from __future__ import annotations
 
 import pytest
+from conftest import store_gguf
 
 from knowlm_local.cli import app
 from knowlm_local.errors import KnowLMError
@@ -60,18 +61,10 @@ def _hf_snapshot(repo: str):
     return snap
 
 
-def _store_gguf(embedded_path, name: str, quant: str):
-    folder = home() / "models" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}-{quant}.gguf"
-    target.symlink_to(embedded_path)
-    return target
-
-
 def test_backend_hf_finds_the_hf_weights_where_a_conversion_exists(embedded_path):
     card = find_card("oneke")
     snap = _hf_snapshot(card.hf_repo)
-    gguf = _store_gguf(embedded_path, card.name, "q4_k_m")
+    gguf = store_gguf(embedded_path, card.name, "q4_k_m")
     assert resolve("oneke").path == gguf  # auto: the GGUF conversion wins (llama.cpp)
     assert choose_backend(resolve("oneke"), "auto", cuda=True).name == "llama.cpp"
     wanted = resolve_for("oneke", "hf")
@@ -80,7 +73,7 @@ def test_backend_hf_finds_the_hf_weights_where_a_conversion_exists(embedded_path
 
 
 def test_backend_hf_with_only_a_conversion_says_download(embedded_path):
-    _store_gguf(embedded_path, "oneke", "q4_k_m")
+    store_gguf(embedded_path, "oneke", "q4_k_m")
     with pytest.raises(KnowLMError, match="only GGUF conversions of oneke") as info:
         resolve("oneke", want="hf")
     assert "knowlm-local download oneke" in info.value.hint

@@ -6,20 +6,12 @@ import json
 import os
 
 import pytest
+from conftest import store_gguf
 
 from knowlm_local.cli import app
 from knowlm_local.errors import KnowLMError
 from knowlm_local.runtime import LoadOptions, load_model
-from knowlm_local.store import default_model, home, resolve
-
-
-def _store_gguf(embedded_path, name: str, quant: str):
-    """A store entry pointing at the embedded GGUF (a symlink: no 100 MB copy)."""
-    folder = home() / "models" / name
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}-{quant}.gguf"
-    target.symlink_to(embedded_path)
-    return target
+from knowlm_local.store import default_model, resolve
 
 
 def test_embedded_is_the_default_with_a_note(embedded_path):
@@ -29,15 +21,15 @@ def test_embedded_is_the_default_with_a_note(embedded_path):
 
 
 def test_store_names_quant_selection_and_newest_default(embedded_path):
-    q8 = _store_gguf(embedded_path, "oneke", "q8_0")
-    q4 = _store_gguf(embedded_path, "oneke", "q4_k_m")
+    q8 = store_gguf(embedded_path, "oneke", "q8_0")
+    q4 = store_gguf(embedded_path, "oneke", "q4_k_m")
     assert resolve("oneke").path == q4  # q4_k_m is preferred
     assert resolve("oneke:q8_0").path == q8
     assert resolve("OneKE-13B").path == q4  # alias, case-insensitive
     with pytest.raises(KnowLMError, match="no q6_k conversion"):
         resolve("oneke:q6_k")
     os.utime(q8, follow_symlinks=False)  # newest store file becomes the default
-    later = _store_gguf(embedded_path, "my-finetune", "f16")
+    later = store_gguf(embedded_path, "my-finetune", "f16")
     assert default_model().path == later and "newest model in the store" in default_model().note
 
 
@@ -100,8 +92,8 @@ def test_cli_errors_are_one_line_with_a_hint(runner, tmp_path):
 
 
 def test_models_table_and_json(runner, embedded_path):
-    _store_gguf(embedded_path, "oneke", "q4_k_m")
-    _store_gguf(embedded_path, "someone--custom", "q8_0")
+    store_gguf(embedded_path, "oneke", "q4_k_m")
+    store_gguf(embedded_path, "someone--custom", "q8_0")
     table = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output
     assert "knowlm-13b-zhixi" in table.stdout and "gguf q4_k_m" in table.stdout
@@ -114,7 +106,7 @@ def test_models_table_and_json(runner, embedded_path):
 
 
 def test_rm_asks_first_and_removes(runner, embedded_path):
-    q4 = _store_gguf(embedded_path, "oneke", "q4_k_m")
+    q4 = store_gguf(embedded_path, "oneke", "q4_k_m")
     (q4.parent / "provenance.json").write_text("{}")
     no = runner.invoke(app, ["rm", "oneke"], input="n\n")
     assert no.exit_code == 0 and "nothing deleted" in no.stderr and q4.is_symlink()
@@ -129,8 +121,8 @@ def test_rm_asks_first_and_removes(runner, embedded_path):
 
 
 def test_a_converted_local_folder_resolves_by_its_store_name(embedded_path):
-    f16 = _store_gguf(embedded_path, "my-finetune", "f16")
-    q4 = _store_gguf(embedded_path, "my-finetune", "q4_k_m")
+    f16 = store_gguf(embedded_path, "my-finetune", "f16")
+    q4 = store_gguf(embedded_path, "my-finetune", "q4_k_m")
     assert resolve("my-finetune").path == q4
     assert resolve("my-finetune:f16").path == f16
     with pytest.raises(KnowLMError, match="no q8_0 conversion"):
