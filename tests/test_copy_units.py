@@ -119,6 +119,24 @@ def test_duplicates_blank_strings_and_list_limits():
     assert limited.feed(b"]") == OK
 
 
+def test_ner_gives_a_span_one_label_unless_multi_label():
+    text = "Ann met Bob in Paris."
+    t = Constraint("NER", text).start()
+    assert t.feed(b'{"person": ["Ann", "Paris"], "location": [') == OK
+    again = t.copy()
+    assert again.feed(b'"Paris"') == DUP  # already a person: this list has run out of its own items
+    assert again.last_dup[1:] == (0, ("location",))  # its first item, which the decoder closes empty
+    assert t.copy().feed(b'"Bob"]}') == DONE
+    loose = Constraint("NER", text, mode="loose").start()
+    assert loose.feed(b'{"person": ["Ann"], "location": ["ANN"') == DUP  # loose compares folded
+    for mode, one_label in (("strict", False), ("off", None)):
+        free = Constraint("NER", text, mode=mode, one_label=one_label).start()
+        assert free.feed(b'{"person": ["Paris"], "location": ["Paris"]}') == DONE
+    re_ = Constraint("RE", "Acme is in Paris. Zeta is in Paris.").start()  # only NER gives a span one label
+    assert re_.feed(b'{"located in": [{"subject": "Acme", "object": "Paris"}, {"subject": "Zeta", '
+                    b'"object": "Paris"}]}') == DONE
+
+
 def test_keys_labels_and_nan_are_not_spans():
     text = "person Ann"  # a label that also occurs in the text is still a key
     assert Constraint("NER", text).start().feed(b'{"person": ["person"], "x": []}') == DONE
@@ -250,3 +268,35 @@ def test_a_duplicate_closes_the_list_at_the_previous_item_as_it_was():
     answer = b"".join(pieces[t] for t in dec.tokens).decode()
     assert undone == 1
     assert json.loads(answer) == {"person": ["Ann", "Bob"]}, answer
+
+
+@pytest.mark.parametrize("opening", [[b'": [', b'"'], [b'": ["']])
+def test_a_span_given_under_an_earlier_label_closes_the_next_list_empty(opening):
+    """The repeat is the next list's first item. With ``[`` and the quote in separate tokens the answer goes
+    back to after ``[``; with one ``["`` token there is no such point, so it goes back before the list and
+    the list opens empty. Either way the answer goes on with the labels after it."""
+    from knowlm_local.backends.copy_decoder import CopyDecoder
+
+    pieces = [b"", b'{"', b"person", b'", "', b"location", b'": [', b'"', b'": ["', b"Ann", b'"]', b"]", b"}",
+              b"[]", b"Paris", b'"],', b' "', b"org"]
+    ids = {p: i for i, p in enumerate(pieces)}
+    wanted = [b'{"', b"person", *opening, b"Ann", b'"],', b' "', b"location", *opening, b"Ann", b'"]', b"}"]
+    dec = CopyDecoder(Vocab(pieces), Grammar(), Constraint("NER", "Ann lives in Paris."), {}, max_tokens=40)
+    undone = 0
+    for _ in range(40):
+        logits = np.zeros(len(pieces), dtype=np.float32)
+        n = len(dec.tokens)
+        if n < len(wanted):
+            logits[ids[wanted[n]]] = 10.0
+        logits[ids[b"Ann"]] = 6.0  # the model would write Ann again wherever it could
+        logits[ids[b"]"]] = 5.0
+        logits[ids[b"[]"]] = 4.5
+        logits[ids[b"}"]] = 4.0
+        step = dec.step(logits)
+        undone += step.kind == "undo"
+        if step.kind == "done":
+            break
+    answer = b"".join(pieces[t] for t in dec.tokens).decode()
+    assert undone == 1
+    assert dec.undos == 1  # one undo: the first item's dead end no longer loops back into its own string
+    assert json.loads(answer) == {"person": ["Ann"], "location": []}, answer

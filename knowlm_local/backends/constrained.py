@@ -81,7 +81,7 @@ class Choice:
     token: int | None
     tracker: Tracker | None
     verdict: str  # OK, DONE, DUP or "dead"
-    dup: tuple[int, int] | None = None  # (container id, item index) for DUP
+    dup: tuple[int, int, tuple[str, ...]] | None = None  # (container id, item index, its path) for DUP
 
 
 @dataclass

@@ -32,20 +32,32 @@ class _Mark:
     grammar: Any
 
 
-def _undo_point(marks: list[_Mark], cid: int, item: int) -> int:
-    """The latest mark where container ``cid`` had not started item ``item`` yet (before its comma)."""
+def _undo_point(marks: list[_Mark], cid: int, item: int) -> tuple[int, bool]:
+    """The latest mark where container ``cid`` had not started item ``item`` yet, and whether it was open there.
+
+    For a later item that is before its comma. For the first item it is
+    after the container's ``[`` and before the item's opening quote; when
+    one token wrote both (``["``), no mark lies between them, and the point
+    is the last mark before the container opened (which the caller then
+    makes open empty).
+    """
     for b in range(len(marks) - 1, -1, -1):
-        box = marks[b].tracker.container(cid)
-        if box is not None and (box.n_sep < item or (item == 0 and box.state == "first")):
-            return b
-    return 0
+        tracker = marks[b].tracker
+        box = tracker.container(cid)
+        if box is None:
+            if item == 0:
+                return b, False
+            continue
+        if box.n_sep < item or (item == 0 and box.state == "first" and not tracker.s_on):
+            return b, True
+    return 0, False
 
 
-def _closable(tracker: Tracker, schema: dict | None) -> tuple[int, int] | None:
-    """For a dead end: the innermost open list (or optional-keys object) and its current item index."""
+def _closable(tracker: Tracker, schema: dict | None) -> tuple[int, int, tuple[str, ...]] | None:
+    """For a dead end: the innermost open list (or optional-keys object), its current item index and path."""
     for box in reversed(tracker.stack):
         if box.kind == "arr" or (box.kind == "obj" and not _required(schema, box.path)):
-            return box.cid, box.n_sep
+            return box.cid, box.n_sep, box.path
     return None
 
 
@@ -81,11 +93,15 @@ class _Answer:
         self.out.append(token)
         self.marks.append(_Mark(after, self.grammar.clone()))  # trackers are only ever copied, never changed
 
-    def undo(self, cid: int, item: int) -> int:
-        """Back to before item ``item`` of container ``cid``, which may then take no more items; the tokens kept."""
-        b = _undo_point(self.marks, cid, item)
+    def undo(self, cid: int, item: int, path: tuple[str, ...]) -> int:
+        """Back to before item ``item`` of container ``cid`` (at ``path``), which may then take no more items;
+        the tokens kept."""
+        b, opened = _undo_point(self.marks, cid, item)
         tracker = self.marks[b].tracker.copy()
-        tracker.close_container(cid)
+        if opened:
+            tracker.close_container(cid)
+        else:
+            tracker.empty_next(path)
         tracker.seal_string()  # the previous item ends as it was (its closing quote may have come with the comma)
         self.marks[b] = _Mark(tracker.copy(), self.marks[b].grammar)
         for mark in self.marks[b + 1:]:

@@ -87,6 +87,9 @@ def extract(
         "also case / full-width / spacing variants; `off`: only the JSON shape is enforced.")] = "strict",
     max_items: Annotated[int, typer.Option("--max-items", help="Most values in one list of an answer.",
                                            min=1, max=1000)] = 24,
+    multi_label: Annotated[bool, typer.Option(
+        "--multi-label", help="NER: let one span stand under several labels (by default a label's list that "
+        "repeats a span an earlier label holds is closed there, as a repeat inside one list is).")] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight to an --upstream server.",
                                              min=1, max=1024)] = 1,
     parallel: Annotated[int | None, typer.Option("--parallel", help="Records decoded together in one llama.cpp "
@@ -123,7 +126,7 @@ def extract(
                              allocate=allocate, load_4bit=load_4bit, load_8bit=load_8bit),
         overrides=dict(max_tokens=max_tokens, temperature=temperature, repeat_penalty=repeat_penalty, seed=seed),
         chunk_tokens=chunk_tokens, prompt_lookup=prompt_lookup, copy=copy, max_items=max_items, concurrency=concurrency,
-        parallel=parallel,
+        parallel=parallel, multi_label=multi_label,
     )
 
 

@@ -14,6 +14,8 @@ answer byte by byte as it is generated and judges each candidate token:
   list is reported as :data:`DUP` with the list it belongs to, so the
   decoder can take the answer back to the end of the previous item and close
   the list there (a model that starts repeating has run out of items);
+* for tasks that give a span one label (:data:`~knowlm_local.ie.tasks.ONE_LABEL_TASKS`, NER), an item
+  that an earlier label's list already holds is a DUP of this list too;
 * a list that already holds ``max_items`` items, or that the decoder closed,
   refuses the comma that would start another.
 
@@ -33,7 +35,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from knowlm_local.ie.tasks import ABSENT_WORD, span_kind
+from knowlm_local.ie.tasks import ABSENT_WORD, ONE_LABEL_TASKS, span_kind
 from knowlm_local.ie.textindex import TextIndex, fold_char, is_word
 
 MODES = ("strict", "loose", "off")
@@ -83,11 +85,14 @@ class Container:
 class Constraint:
     """What is allowed: the text, the mode, the task's span paths, the list limit."""
 
-    def __init__(self, task: str, text: str, mode: str = "strict", max_items: int = DEFAULT_MAX_ITEMS) -> None:
+    def __init__(self, task: str, text: str, mode: str = "strict", max_items: int = DEFAULT_MAX_ITEMS,
+                 one_label: bool | None = None) -> None:
         self.task = task
         self.mode = check_mode(mode)
         self.index = TextIndex(text, "strict" if mode == "off" else mode)
         self.max_items = max_items
+        # None: as the task defines it (NER: one label per span); only spans are judged, so never under "off"
+        self.one_label = (task.upper() in ONE_LABEL_TASKS if one_label is None else one_label) and mode != "off"
         self._kinds: dict[tuple[str, ...], str | None] = {}
 
     def kind(self, path: tuple[str, ...]) -> str | None:
@@ -105,7 +110,7 @@ class Tracker:
     """Where an answer stands after the bytes fed so far (see the module docstring)."""
 
     __slots__ = ("c", "stack", "done", "s_on", "s_key", "s_val", "s_kind", "s_states", "s_first", "s_word", "s_nan",
-                 "s_esc", "s_hex", "s_utf8", "s_space", "s_sealed", "last_dup")
+                 "s_esc", "s_hex", "s_utf8", "s_space", "s_sealed", "last_dup", "empty_at")
     _STRING_FIELDS = ("s_on", "s_key", "s_val", "s_kind", "s_states", "s_first", "s_word", "s_nan", "s_esc", "s_hex",
                       "s_utf8", "s_space", "s_sealed")
 
@@ -114,7 +119,9 @@ class Tracker:
         self.stack: list[Container] = []
         self.done = False
         self.s_on = False  # inside a string
-        self.last_dup: tuple[int, int] | None = None  # (container id, item index) of the last duplicate seen
+        # (container id, item index, container path) of the last duplicate seen
+        self.last_dup: tuple[int, int, tuple[str, ...]] | None = None
+        self.empty_at: tuple[str, ...] | None = None  # a list at this path, when it opens, may hold nothing
         self._reset_string(False, None)
 
     def _reset_string(self, is_key: bool, kind: str | None) -> None:
@@ -137,6 +144,7 @@ class Tracker:
         t.stack = [x.copy() for x in self.stack]
         t.done = self.done
         t.last_dup = self.last_dup
+        t.empty_at = self.empty_at
         for name in self._STRING_FIELDS:
             setattr(t, name, getattr(self, name))
         return t
@@ -160,6 +168,10 @@ class Tracker:
         box = self.container(cid)
         if box is not None:
             box.no_more = True
+
+    def empty_next(self, path: tuple[str, ...]) -> None:
+        """The list at ``path`` is not open yet (one token opened it and its first item): it opens closed."""
+        self.empty_at = path
 
     def seal_string(self) -> None:
         """Let the string being written (if any) only end, not grow.
@@ -245,6 +257,8 @@ class Tracker:
             kind = "obj" if b == ord("{") else "arr"
             box = Container(kind, path, next(_ids))
             box.value = {} if kind == "obj" else []
+            if path == self.empty_at:
+                box.no_more, self.empty_at = True, None
             self.stack.append(box)
             return OK
         return REFUSED  # answers hold only strings, objects and arrays
@@ -264,13 +278,27 @@ class Tracker:
             parent.state = "after"
             return OK
         key = json.dumps(value, ensure_ascii=False, sort_keys=True) if self.c.mode != "loose" else _loose_key(value)
-        if key in parent.items:
-            self.last_dup = (parent.cid, parent.n_sep)
+        if key in parent.items or (self.c.one_label and self._under_other_label(parent, key)):
+            self.last_dup = (parent.cid, parent.n_sep, parent.path)
             return DUP
         parent.items += (key,)
         parent.value.append(value)  # type: ignore[union-attr]
         parent.state = "after"
         return OK
+
+    def _under_other_label(self, parent: Container, key: str) -> bool:
+        """Whether a top-level label's list other than ``parent`` already holds the item ``key``."""
+        if len(self.stack) != 2 or self.stack[0].kind != "obj":
+            return False
+        owner = self.stack[0]
+        loose = self.c.mode == "loose"
+        for label, items in owner.value.items():
+            if label != owner.key and isinstance(items, list):
+                for item in items:
+                    other = _loose_key(item) if loose else json.dumps(item, ensure_ascii=False, sort_keys=True)
+                    if other == key:
+                        return True
+        return False
 
     # -- strings -------------------------------------------------------------
     def _string_byte(self, b: int) -> str:
@@ -402,7 +430,7 @@ class Tracker:
         top = self.stack[-1] if self.stack else None
         if self.s_key and top is not None:
             if value in top.items:  # the same entity name twice (KG), or a repeated key
-                self.last_dup = (top.cid, top.n_sep)
+                self.last_dup = (top.cid, top.n_sep, top.path)
                 return DUP
             top.items += (value,)
             top.key = value

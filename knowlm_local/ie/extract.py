@@ -82,7 +82,7 @@ class Extractor:
     def __init__(self, model: LoadedModel, task: str, schema: Any = None, lang: str | None = None,
                  params: GenerationParams | None = None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                  form: str | None = None, constrained: bool = True, draft: Any = None, copy: str = "strict",
-                 max_items: int = DEFAULT_MAX_ITEMS) -> None:
+                 max_items: int = DEFAULT_MAX_ITEMS, multi_label: bool = False) -> None:
         self.model = model
         self.task = get_task(task).name
         self.schema = validate_schema(self.task, schema) if schema is not None else None
@@ -100,6 +100,7 @@ class Extractor:
         if not 1 <= max_items <= 1000:
             raise KnowLMError(f"--max-items must be between 1 and 1000, got {max_items}", "the default is 24")
         self.max_items = max_items
+        self.one_label = None if not multi_label else False  # None: as the task defines it (NER: one label per span)
         self.stats = Stats()
         self._budgets: dict[str, int] = {}
         self._grammars: dict[str, dict[str, Any]] = {}
@@ -146,7 +147,7 @@ class Extractor:
         grammar = self._grammar(group)
         copy = None
         if grammar is not None and self.copy != "off" and self.model.backend.supports_copy:
-            copy = Constraint(self.task, text, mode=self.copy, max_items=self.max_items)
+            copy = Constraint(self.task, text, mode=self.copy, max_items=self.max_items, one_label=self.one_label)
         answer, last = self.model.backend.complete(prompt, self.params, json_schema=grammar, copy=copy)
         st = self.stats
         st.generate_seconds += time.perf_counter() - t0

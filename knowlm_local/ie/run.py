@@ -113,6 +113,7 @@ def run_extract(
     prompt_lookup: int | None = None,
     copy: str = "strict",
     max_items: int = 24,
+    multi_label: bool = False,
     concurrency: int = 1,
     parallel: int | None = 1,
     stdin: IO[bytes] | None = None,
@@ -155,7 +156,8 @@ def run_extract(
 
     def make() -> Extractor:
         return Extractor(loaded, spec.name, user_schema, lang=lang, params=params, draft=draft,
-                         chunk_tokens=chunk_tokens or 256, copy=copy, max_items=max_items)
+                         chunk_tokens=chunk_tokens or 256, copy=copy, max_items=max_items,
+                         multi_label=multi_label)
 
     workers = Workers(make, in_flight)
     # JSONL goes to the file, or to stdout unless a table was asked for.

@@ -183,6 +183,13 @@ SPAN_PATHS: dict[str, dict[tuple[str, ...], str]] = {
 }
 
 
+# Tasks whose answer gives each span one label: flat NER annotates a mention with one type (MSRA, Weibo,
+# CoNLL, IEPile's NER), so once a span stands under one label, a later label's list that repeats it has run
+# out of its own items (small models write the last span again under every following label). The copy
+# constraint closes that list there, as it does for a repeat inside one list; ``--multi-label`` turns it off.
+ONE_LABEL_TASKS = frozenset({"NER"})
+
+
 def span_kind(task: str, path: tuple[str, ...]) -> str | None:
     """``"span"``, ``"span|NAN"`` or None (not copied) for the string at ``path`` of an answer to ``task``."""
     for pattern, kind in SPAN_PATHS[get_task(task).name].items():
