@@ -41,7 +41,8 @@ EXTRACT_EPILOG = """\
 * `knowlm-local extract news.txt --task ner --copy loose` — also accept case / full-width / spacing variants
 
 Every extracted string is copied from the text (`--copy strict`, the default): the decoder refuses any
-token that would leave the text, and a list that starts repeating itself is closed.
+token that would leave the text, and a list that starts repeating itself is closed. In NER a span stands
+under one label (`--multi-label` lets it stand under several).
 
 Tasks: ner, re, spo, ee, eet, eea, kg. `--schema` forms: `"a,b"` (ner/re/eet), `"type: role|role; ..."`
 (ee/eea/kg), `"subject_type/predicate/object_type, ..."` (spo), or inline JSON.
