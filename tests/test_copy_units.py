@@ -242,30 +242,36 @@ class Grammar(AllowAll):
         pass
 
 
-def test_a_duplicate_closes_the_list_at_the_previous_item_as_it_was():
-    """A model that repeats an item after a ``", "`` token (one token closing an item and opening the next):
-    the decoder goes back into the previous item's string, and that string must then end as it was. It used
-    to grow instead ("Bob" became "Bobby" when the model's next choice was to continue the text)."""
+def _decode(pieces: list[bytes], wanted: list[bytes], text: str, fallback: dict[bytes, float]):
+    """Drive a CopyDecoder with logits that want ``wanted`` token by token, then ``fallback``'s scores:
+    (the answer, the number of undos)."""
     from knowlm_local.backends.copy_decoder import CopyDecoder
 
-    pieces = [b"", b'{"', b"person", b'": [', b'"', b"Ann", b'", "', b"Bob", b"by", b'"', b'"]', b"}"]
     ids = {p: i for i, p in enumerate(pieces)}
-    wanted = [b'{"', b"person", b'": [', b'"', b"Ann", b'", "', b"Bob", b'", "', b"Ann", b'"']
-    dec = CopyDecoder(Vocab(pieces), Grammar(), Constraint("NER", "Ann met Bob, then Bobby."), {}, max_tokens=40)
+    dec = CopyDecoder(Vocab(pieces), Grammar(), Constraint("NER", text), {}, max_tokens=40)
     undone = 0
     for _ in range(40):
         logits = np.zeros(len(pieces), dtype=np.float32)
         n = len(dec.tokens)
         if n < len(wanted):
             logits[ids[wanted[n]]] = 10.0
-        logits[ids[b"by"]] = 5.0  # second choice everywhere: run on into "Bobby"
-        logits[ids[b'"]']] = 4.0
-        logits[ids[b"}"]] = 3.0
+        for piece, score in fallback.items():
+            logits[ids[piece]] = score
         step = dec.step(logits)
         undone += step.kind == "undo"
         if step.kind == "done":
             break
-    answer = b"".join(pieces[t] for t in dec.tokens).decode()
+    return b"".join(pieces[t] for t in dec.tokens).decode(), undone
+
+
+def test_a_duplicate_closes_the_list_at_the_previous_item_as_it_was():
+    """A model that repeats an item after a ``", "`` token (one token closing an item and opening the next):
+    the decoder goes back into the previous item's string, and that string must then end as it was. It used
+    to grow instead ("Bob" became "Bobby" when the model's next choice was to continue the text)."""
+    pieces = [b"", b'{"', b"person", b'": [', b'"', b"Ann", b'", "', b"Bob", b"by", b'"', b'"]', b"}"]
+    wanted = [b'{"', b"person", b'": [', b'"', b"Ann", b'", "', b"Bob", b'", "', b"Ann", b'"']
+    # second choices everywhere: run on into "Bobby", then close
+    answer, undone = _decode(pieces, wanted, "Ann met Bob, then Bobby.", {b"by": 5.0, b'"]': 4.0, b"}": 3.0})
     assert undone == 1
     assert json.loads(answer) == {"person": ["Ann", "Bob"]}, answer
 
@@ -274,29 +280,12 @@ def test_a_duplicate_closes_the_list_at_the_previous_item_as_it_was():
 def test_a_span_given_under_an_earlier_label_closes_the_next_list_empty(opening):
     """The repeat is the next list's first item. With ``[`` and the quote in separate tokens the answer goes
     back to after ``[``; with one ``["`` token there is no such point, so it goes back before the list and
-    the list opens empty. Either way the answer goes on with the labels after it."""
-    from knowlm_local.backends.copy_decoder import CopyDecoder
-
+    the list opens empty. Either way the answer goes on with the labels after it (one undo: a first item
+    used to be undone back into its own string, a dead end that looped until the copy rule was dropped)."""
     pieces = [b"", b'{"', b"person", b'", "', b"location", b'": [', b'"', b'": ["', b"Ann", b'"]', b"]", b"}",
               b"[]", b"Paris", b'"],', b' "', b"org"]
-    ids = {p: i for i, p in enumerate(pieces)}
     wanted = [b'{"', b"person", *opening, b"Ann", b'"],', b' "', b"location", *opening, b"Ann", b'"]', b"}"]
-    dec = CopyDecoder(Vocab(pieces), Grammar(), Constraint("NER", "Ann lives in Paris."), {}, max_tokens=40)
-    undone = 0
-    for _ in range(40):
-        logits = np.zeros(len(pieces), dtype=np.float32)
-        n = len(dec.tokens)
-        if n < len(wanted):
-            logits[ids[wanted[n]]] = 10.0
-        logits[ids[b"Ann"]] = 6.0  # the model would write Ann again wherever it could
-        logits[ids[b"]"]] = 5.0
-        logits[ids[b"[]"]] = 4.5
-        logits[ids[b"}"]] = 4.0
-        step = dec.step(logits)
-        undone += step.kind == "undo"
-        if step.kind == "done":
-            break
-    answer = b"".join(pieces[t] for t in dec.tokens).decode()
+    # the model would write Ann again wherever it could
+    answer, undone = _decode(pieces, wanted, "Ann lives in Paris.", {b"Ann": 6.0, b"]": 5.0, b"[]": 4.5, b"}": 4.0})
     assert undone == 1
-    assert dec.undos == 1  # one undo: the first item's dead end no longer loops back into its own string
     assert json.loads(answer) == {"person": ["Ann"], "location": []}, answer
