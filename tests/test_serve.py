@@ -62,7 +62,12 @@ def test_openai_client_chat_stream_models_completions_and_json_schema(server):
     pieces = [ev.choices[0].delta.content or "" for ev in
               c.chat.completions.create(model=model.id, messages=msgs, temperature=0, max_tokens=16, stream=True)
               if ev.choices]
-    assert len(pieces) > 2 and "".join(pieces) == text  # greedy: the stream is the same answer, in pieces
+    # greedy: the stream is the same answer, in pieces, as a plain request made from the same KV cache. The
+    # first request evaluated the whole prompt in one batch; a repeat reuses it and evaluates only the last
+    # prompt token again, and on some CPUs (AVX2 builds) that alone flips a near-tie, in stock llama-cpp-python
+    # too. So the stream is compared with a third request, which starts from the same cache state as it.
+    again = c.chat.completions.create(model=model.id, messages=msgs, temperature=0, max_tokens=16)
+    assert len(pieces) > 2 and "".join(pieces) == again.choices[0].message.content
     done = c.completions.create(model=model.id, prompt="The capital of France is", max_tokens=8, temperature=0)
     assert done.choices[0].text and done.usage.completion_tokens <= 8
     schema = {"type": "object", "properties": {"city": {"type": "string"}, "year": {"type": "integer"}},
@@ -105,6 +110,10 @@ def test_extract_route_returns_what_the_extract_command_writes(server, cli_env, 
                                                                           ("task", "schema", "result", "spans")}
     status, body, _ = post(server.url + "/extract", {"task": "xyz", "text": TEXT})
     assert status == 400 and "unknown task" in body["error"]["message"]
+    status, body, _ = post(server.url + "/extract", {"task": "ner", "text": TEXT, "multi_label": "sometimes"})
+    assert status == 400 and "multi_label" in json.dumps(body)
+    status, body, _ = post(server.url + "/extract", {"task": "ner", "text": TEXT, "multi_label": True})
+    assert status == 200 and set(body["records"][0]["result"]) == set(rec["result"])
     status, body, _ = post(server.url + "/extract", {"task": "ee", "schema": "acquisition", "text": TEXT})
     assert status == 400 and "TYPE: name" in body["error"]["message"]
 

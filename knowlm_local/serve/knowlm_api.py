@@ -89,6 +89,7 @@ class ExtractRequest(BaseModel):
     records: list[dict[str, Any]] | None = None
     lang: str | None = None
     copy_: str = Field("strict", alias="copy")
+    multi_label: bool = False  # NER: a span may stand under several labels (extract --multi-label)
     max_tokens: int | None = Field(None, ge=1)
 
 
@@ -128,7 +129,7 @@ async def extract(req: ExtractRequest, request: Request) -> dict[str, Any]:
 
     def run(model, job):
         extractor = Extractor(model, task, schema, lang=req.lang, params=model.default_params(**overrides),
-                              copy=req.copy_)
+                              copy=req.copy_, multi_label=req.multi_label)
         for rec in records:
             if job.cancel.is_set():
                 return
