@@ -35,7 +35,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from knowlm_local.ie.tasks import ABSENT_WORD, ONE_LABEL_TASKS, span_kind
+from knowlm_local.ie.tasks import ABSENT_WORD, ONE_LABEL_TASKS, get_task, span_kind
 from knowlm_local.ie.textindex import TextIndex, fold_char, is_word
 
 MODES = ("strict", "loose", "off")
@@ -92,7 +92,7 @@ class Constraint:
         self.index = TextIndex(text, "strict" if mode == "off" else mode)
         self.max_items = max_items
         # None: as the task defines it (NER: one label per span); only spans are judged, so never under "off"
-        self.one_label = (task.upper() in ONE_LABEL_TASKS if one_label is None else one_label) and mode != "off"
+        self.one_label = (get_task(task).name in ONE_LABEL_TASKS if one_label is None else one_label) and mode != "off"
         self._kinds: dict[tuple[str, ...], str | None] = {}
 
     def kind(self, path: tuple[str, ...]) -> str | None:
@@ -277,7 +277,7 @@ class Tracker:
             parent.value[parent.key] = value  # type: ignore[index]
             parent.state = "after"
             return OK
-        key = json.dumps(value, ensure_ascii=False, sort_keys=True) if self.c.mode != "loose" else _loose_key(value)
+        key = self._item_key(value)
         if key in parent.items or (self.c.one_label and self._under_other_label(parent, key)):
             self.last_dup = (parent.cid, parent.n_sep, parent.path)
             return DUP
@@ -291,14 +291,12 @@ class Tracker:
         if len(self.stack) != 2 or self.stack[0].kind != "obj":
             return False
         owner = self.stack[0]
-        loose = self.c.mode == "loose"
-        for label, items in owner.value.items():
-            if label != owner.key and isinstance(items, list):
-                for item in items:
-                    other = _loose_key(item) if loose else json.dumps(item, ensure_ascii=False, sort_keys=True)
-                    if other == key:
-                        return True
-        return False
+        return any(self._item_key(item) == key for label, items in owner.value.items()
+                   if label != owner.key and isinstance(items, list) for item in items)
+
+    def _item_key(self, value: object) -> str:
+        """How list items are compared: canonical JSON (loose: of the folded view)."""
+        return _loose_key(value) if self.c.mode == "loose" else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
     # -- strings -------------------------------------------------------------
     def _string_byte(self, b: int) -> str:

@@ -100,7 +100,7 @@ class Extractor:
         if not 1 <= max_items <= 1000:
             raise KnowLMError(f"--max-items must be between 1 and 1000, got {max_items}", "the default is 24")
         self.max_items = max_items
-        self.one_label = None if not multi_label else False  # None: as the task defines it (NER: one label per span)
+        self.one_label = False if multi_label else None  # None: as the task defines it (NER: one label per span)
         self.stats = Stats()
         self._budgets: dict[str, int] = {}
         self._grammars: dict[str, dict[str, Any]] = {}
