@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--rome-cov", default="self", help="ROME's --cov-text: a file, self (default) or none")
     ap.add_argument("--kl-factor", type=float, default=None)
     ap.add_argument("--clamp", type=float, default=None)
+    ap.add_argument("--no-preserve-prompt", action="store_true", help="ROME as published: no preserved prompt keys")
     ap.add_argument("--json", help="write all figures here")
     args = ap.parse_args()
 
@@ -99,7 +100,7 @@ def main() -> None:
         for method in args.methods.split(","):
             vp = ValueParams(**{k: v for k, v in (("kl_factor", args.kl_factor), ("clamp_norm", args.clamp))
                                 if v is not None})
-            opts = EditOptions(method=method, contexts=args.contexts, value=vp,
+            opts = EditOptions(method=method, contexts=args.contexts, value=vp, preserve_prompt=not args.no_preserve_prompt,
                                cov_text="self" if method == "memit" or args.rome_cov == "self"
                                else None if args.rome_cov == "none" else args.rome_cov)
             layers = _layers(em, opts)

@@ -161,6 +161,29 @@ def test_rank_one_update_hits_the_new_value(tiny_llama):
     assert torch.allclose((w + torch.outer(left, right)) @ k, w @ k + delta, atol=1e-4)
 
 
+def test_rank_one_leaves_the_prompts_other_keys_alone(tiny_llama):
+    import torch
+
+    from knowlm_local.edit import rome
+    from knowlm_local.edit.model import EditableModel
+
+    em = EditableModel(tiny_llama, device="cpu")
+    req = make_request(REQ, "a")
+    texts = rome.key_texts(em, req, ["", "Once upon a time. "], chat=False)
+    k, others = rome.compute_keys(em, 2, texts)
+    assert torch.allclose(k, rome.compute_key(em, 2, texts))
+    n_real = sum(len(em.ids(t)) for t, _ in texts)
+    assert others.shape == (n_real - len(texts), k.shape[0])  # every real position but the subject's
+    delta = torch.randn(em.weight(2).shape[0])
+    w = em.weight(2).detach()
+    plain = torch.outer(*rome.rank_one(k, delta)) @ others.T
+    assert plain.abs().max() > 1e-2  # without the constraint the update reaches those keys
+    for inv in (None, torch.diag(torch.rand(k.shape[0]) + 0.5)):
+        dw = torch.outer(*rome.rank_one(k, delta, inv, others))
+        assert torch.allclose((w + dw) @ k, w @ k + delta, atol=1e-3)  # still exact where the fact is read
+        assert (dw @ others.T).abs().max() < 1e-3 * delta.abs().max()  # and nothing moves at the other words
+
+
 def test_memit_batch_of_three_over_layers(tiny_llama, tmp_path):
     import torch
     from safetensors import safe_open

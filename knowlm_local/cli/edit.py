@@ -85,6 +85,9 @@ def edit(
     cov_text: Annotated[str, typer.Option("--cov-text", help="A text file whose MLP keys give the covariance; `self`: "
                                           "text the model writes (seeded); `none`: no covariance (C = I, EasyEdit's "
                                           "ROME default; MEMIT needs one).")] = "self",
+    no_preserve: Annotated[bool, typer.Option("--no-preserve-prompt", help="ROME: let the update also change the "
+                                              "outputs at the prompt's other words (its relation), as plain ROME "
+                                              "does; by default they are kept exactly.")] = False,
     no_chat: Annotated[bool, typer.Option("--no-chat", help="Do not also edit/evaluate the prompt as a chat turn.")]
     = False,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation (faster).")] = False,
@@ -125,5 +128,5 @@ def edit(
 
     opts = EditOptions(method=method.lower(), layers=_layers(layers), contexts=contexts, chat=not no_chat,
                        evaluate=not no_eval, cov_text=None if cov_text.lower() == "none" else cov_text,
-                       seed=seed, value=ValueParams(v_steps=steps), gguf=gguf)
+                       seed=seed, value=ValueParams(v_steps=steps), gguf=gguf, preserve_prompt=not no_preserve)
     show.run_and_show(model, reqs, output, opts, force)

@@ -27,6 +27,7 @@ class EditOptions:
     cov_text: str | None = "self"  # a text file whose MLP keys give the covariance; "self": the model's own text
     cov_tokens: int = 20000
     ridge: float = 0.01  # added to the covariance's diagonal, relative to its mean diagonal
+    preserve_prompt: bool = True  # ROME: the update leaves the keys at the prompts' other positions unchanged
     mom2_weight: float = 15000.0  # MEMIT's lambda
     seed: int = 0
     device: str | None = None
@@ -227,9 +228,9 @@ def _rome(em, requests, contexts, layers, opts, disk_dtypes, say) -> list[tuple]
     entries = []
     for i, req in enumerate(requests, 1):
         _say(say, f"edit {i}/{len(requests)}: {req.subject!r} -> {req.target!r} (ROME, layer {layer})")
-        k = rome.compute_key(em, layer, rome.key_texts(em, req, contexts, opts.chat))
+        k, others = rome.compute_keys(em, layer, rome.key_texts(em, req, contexts, opts.chat))
         delta, info = rome.compute_delta(em, layer, req, contexts, vp, opts.chat)
-        left, right = rome.rank_one(k, delta, inv)
+        left, right = rome.rank_one(k, delta, inv, others if opts.preserve_prompt else None)
         name = module_name(layer)
         original = _original(em, name, disk_dtypes)
         entries.append(("rome", [layer], [{**req.to_json(), "id": req.id, "fit": info}],
