@@ -100,7 +100,8 @@ def main() -> None:
         for method in args.methods.split(","):
             vp = ValueParams(**{k: v for k, v in (("kl_factor", args.kl_factor), ("clamp_norm", args.clamp))
                                 if v is not None})
-            opts = EditOptions(method=method, contexts=args.contexts, value=vp, preserve_prompt=not args.no_preserve_prompt,
+            opts = EditOptions(method=method, contexts=args.contexts, value=vp,
+                               preserve_prompt=not args.no_preserve_prompt,
                                cov_text="self" if method == "memit" or args.rome_cov == "self"
                                else None if args.rome_cov == "none" else args.rome_cov)
             layers = _layers(em, opts)

@@ -18,7 +18,8 @@ and a change elsewhere in proportion to how much a key looks like ``k*``.
 
 By default ``u`` is also made blind to the keys of the edit's own prompts at
 every other position (the relation words "was painted by", the chat
-template): ``W' k = W k`` exactly for each of them. Without that, a fact about
+template): ``W' k = W k`` for each of them, to within the 1e-4 ridge of
+:func:`rank_one`. Without that, a fact about
 one subject leaks into every prompt that shares its relation (on the embedded
 model, editing who painted the Mona Lisa changed who painted The Starry Night,
 through a 0.13 share of the update at " painted"). It is the equality
