@@ -28,6 +28,8 @@ PROMPT = "Write a long story about a lighthouse keeper who finds a message in a 
 
 DIRECT = r"""
 import sys, llama_cpp
+from knowlm_local.backends.llamacpp_cpu import guard
+guard()  # plain llama-cpp-python, but without the AMX kernels that crash on some machines (as knowlm-local runs)
 path, prompt, n_ctx, threads, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=threads, n_gpu_layers=0, verbose=False)
 messages = [{"role": "user", "content": prompt}]

@@ -15,6 +15,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # hubserver and other test helpers
 
 
+def pytest_configure(config):
+    """Tests that build ``llama_cpp.Llama`` themselves load it as our loader does (AMX off where it crashes)."""
+    from knowlm_local.backends.llamacpp_cpu import guard
+
+    guard()
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
     """Every test gets its own KNOWLM_HOME and HF cache, and no default-model override."""

@@ -139,8 +139,12 @@ def _plain_greedy(kw: dict[str, Any]) -> bool:
 
 
 def llama_class(fast: bool = True) -> type:
-    """``llama_cpp.Llama``, or a subclass with the two shortcuts above."""
+    """``llama_cpp.Llama``, or a subclass with the two shortcuts above (AMX kept off where it crashes)."""
     import llama_cpp
+
+    from knowlm_local.backends.llamacpp_cpu import guard
+
+    guard()
 
     if not fast:
         return llama_cpp.Llama
