@@ -143,6 +143,28 @@ def test_rome_log_undo_exact_and_source_untouched(tiny_llama, tmp_path):
         undo_edit(str(out), 2)
 
 
+def test_torch_greedy_is_generate_greedy_without_deprecated_cache_names(tiny_llama):
+    """The evaluator's own KV-cached greedy loop gives HF generate's greedy tokens, on this transformers'
+    cache argument (``past_key_values`` is deprecated in 5.x and goes in 5.40)."""
+    import warnings
+
+    import torch
+
+    from knowlm_local.edit.evaluate import TorchScorer
+    from knowlm_local.edit.model import EditableModel
+
+    em = EditableModel(tiny_llama, device="cpu")
+    ids = em.ids("The Eiffel Tower is located in")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = TorchScorer(em).greedy(ids, 12)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    with torch.no_grad():
+        ref = em.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                eos_token_id=em.tok.eos_token_id, pad_token_id=em.tok.eos_token_id)
+    assert ours == ref[0, len(ids):].tolist()[:len(ours)] and len(ours) == 12
+
+
 def test_rank_one_update_hits_the_new_value(tiny_llama):
     import torch
 

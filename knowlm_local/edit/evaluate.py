@@ -11,6 +11,7 @@ same code measures the PyTorch weights and every GGUF precision.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -141,15 +142,19 @@ class TorchScorer:
 
         out: list[int] = []
         eos = self.em.tok.eos_token_id
+        model = self.em.model
+        # transformers 5.x renamed the KV cache argument and output ``past_key_values`` -> ``cache`` (the old
+        # names go in 5.40); older releases know only the old ones
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         with torch.no_grad():
-            res = self.em.model(input_ids=torch.tensor([ids], device=self.em.device), use_cache=True)
+            res = model(input_ids=torch.tensor([ids], device=self.em.device), use_cache=True)
             for _ in range(n):
                 nxt = int(res.logits[0, -1].argmax())
                 out.append(nxt)
                 if nxt == eos:
                     break
-                res = self.em.model(input_ids=torch.tensor([[nxt]], device=self.em.device),
-                                    past_key_values=res.past_key_values, use_cache=True)
+                cache = res["cache"] if "cache" in res else res["past_key_values"]
+                res = model(input_ids=torch.tensor([[nxt]], device=self.em.device), use_cache=True, **{name: cache})
         return out
 
     def decode(self, ids: list[int]) -> str:
