@@ -133,8 +133,16 @@ def llama_info() -> dict[str, Any]:
         import llama_cpp
     except ImportError:
         return {"version": None, "gpu_offload": False}
+    import os
+
+    from knowlm_local.backends.llamacpp_cpu import amx_build
+
+    amx = amx_build()
     return {"version": getattr(llama_cpp, "__version__", _version("llama-cpp-python")),
-            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())}
+            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            # an AMX build loads models without its AMX buffers, unless KNOWLM_LLAMA_AMX=1 (llamacpp_cpu)
+            "amx": "kept (KNOWLM_LLAMA_AMX=1)" if amx and os.environ.get("KNOWLM_LLAMA_AMX") == "1"
+            else "off (its kernel crashes on some CPUs)" if amx else "not built"}
 
 
 def disk_usage(label: str, path: Path) -> dict[str, Any]:
@@ -296,7 +304,7 @@ def print_report(report: Report, console: Any) -> None:
         console.print("[bold]GPU[/bold]     none found" + (" (Apple Metal)" if s["metal"] else ""))
     ll, t = report.llama_cpp, report.torch
     console.print(f"[bold]llama.cpp[/bold] {ll.get('version') or 'missing'}, GPU offload: "
-                  f"{'yes' if ll.get('gpu_offload') else 'no'}")
+                  f"{'yes' if ll.get('gpu_offload') else 'no'}, AMX kernels: {ll.get('amx', 'not built')}")
     console.print(f"[bold]torch[/bold]   {t.get('version') or 'missing'}, "
                   f"CUDA build: {t.get('cuda') or 'none'}, "
                   f"CUDA usable: {'yes' if t.get('cuda_available') else 'no'}")

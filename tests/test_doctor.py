@@ -32,6 +32,8 @@ def test_doctor_json_from_the_real_command(cli_env, isolated_env):
     report = json.loads(proc.stdout)
     assert set(report) == {"system", "gpus", "llama_cpp", "torch", "packages", "disk", "models", "problems"}
     assert report["llama_cpp"]["gpu_offload"] == bool(llama_cpp.llama_supports_gpu_offload())
+    amx = b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+    assert report["llama_cpp"]["amx"].startswith("off" if amx else "not built")
     assert report["torch"]["version"].split("+")[0] == metadata.version("torch").split("+")[0]  # 2.x+cu130
     assert report["packages"]["xgrammar"] == metadata.version("xgrammar")
     if shutil.which("nvidia-smi") is None and not report["torch"]["cuda_available"]:
