@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 RUN = r"""
 import sys
@@ -45,3 +46,16 @@ def test_the_guard_can_be_switched_off(cli_env):
     done = _child(code, env)
     assert done.returncode == 0, done.stderr[-500:]
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_the_verify_scorer_runs_a_prompt_batch(cli_env, embedded_path):
+    """`verify` opens its own llama.cpp context (every position's logits): guarded the same way."""
+    code = ("import sys\n"
+            "from convert.verify import open_scorer\n"
+            "llm = open_scorer(sys.argv[1], 256, threads=2)\n"
+            "llm.eval(llm.tokenize(b'The rivers of Europe are long and old and full of fish.'))\n"
+            "print(llm.n_tokens)")
+    done = subprocess.run([sys.executable, "-c", code, str(embedded_path)], capture_output=True, text=True,
+                          env=cli_env, timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, f"the scorer process died (rc {done.returncode}): {done.stderr[-500:]}"
+    assert int(done.stdout.split()[-1]) > 5
