@@ -38,7 +38,9 @@ Targets: records/s >= 2x naive; decode >= 1.5x with speculation, identical outpu
 (a mode written ``strict+multi`` is strict with ``--multi-label``: NER spans may then stand under two labels)
 
 compares the copy constraint's modes instead, on the hand-annotated dev split of recipes/data/tinyie (zh
-and en separately): records/s, decode tokens/s, answers cut by max_tokens, hallucinated spans and micro-F1.
+and en separately): records/s, decode tokens/s, answers cut by max_tokens, hallucinated spans and micro-F1,
+and for the copy modes the model evaluations spent against the tokens kept (the rest went into repeated items
+and dead ends that were taken back).
 Targets: 0 hallucinated spans under strict, < 2% truncated, zh records/s >= 5x off, F1 not lower than off.
 """
 
@@ -67,6 +69,7 @@ class Timed:
         self.decode_seconds = 0.0
         self.wall_tokens = 0
         self.wall_seconds = 0.0
+        self.counts = {}  # summed integer stats of the answers' last chunks (copy undos, evaluations)
         backend.generate = self
 
     def __call__(self, prompt, params, json_schema=None, cancel=None, copy=None):
@@ -76,6 +79,9 @@ class Timed:
             if chunk.finish_reason is not None:  # wall-clock decode time, the same measure on every path
                 self.wall_tokens += chunk.completion_tokens
                 self.wall_seconds += (chunk.extra or {}).get("wall_seconds", 0.0) - chunk.prompt_seconds
+                for key, value in {**(chunk.extra or {}), "evaluations": chunk.decode_tokens}.items():
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        self.counts[key] = self.counts.get(key, 0) + value
             if chunk.text:
                 now = time.perf_counter()
                 first = now if first is None else first
@@ -183,12 +189,12 @@ def copy_main(args) -> None:
             copy, _, extra = mode.partition("+")
             ex = Extractor(model, task, lang=lang, copy=copy, multi_label=extra == "multi",
                            params=model.default_params(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens))
-            runs[mode] = {"ex": ex, "seconds": 0.0, "results": [], "tokens": 0, "decode": 0.0}
+            runs[mode] = {"ex": ex, "seconds": 0.0, "results": [], "tokens": 0, "decode": 0.0, "counts": {}}
         for i in range(0, len(records), args.block):
             block = records[i:i + args.block]
             for mode in modes if (i // args.block) % 2 == 0 else modes[::-1]:
                 run = runs[mode]
-                t0, tok0, dec0 = time.perf_counter(), timed.wall_tokens, timed.wall_seconds
+                t0, tok0, dec0, counts0 = time.perf_counter(), timed.wall_tokens, timed.wall_seconds, dict(timed.counts)
                 for rec in block:
                     if args.cold:
                         model.backend.reset_cache()
@@ -196,6 +202,8 @@ def copy_main(args) -> None:
                 run["seconds"] += time.perf_counter() - t0
                 run["tokens"] += timed.wall_tokens - tok0
                 run["decode"] += timed.wall_seconds - dec0
+                for key, value in timed.counts.items():
+                    run["counts"][key] = run["counts"].get(key, 0) + value - counts0.get(key, 0)
         print(f"\n[{lang}] {len(records)} records")
         for mode, run in runs.items():
             st = run["ex"].stats
@@ -206,6 +214,10 @@ def copy_main(args) -> None:
             print(f"  {mode:12} {run['rate']:5.2f} rec/s  decode {tps:6.1f} tok/s ({run['tokens']} tokens)  "
                   f"truncated {st.truncated}/{st.calls} = {run['truncated']:.1%}  hallucinated "
                   f"{st.hallucinated}/{st.spans} = {st.hallucination_rate:.1%}  micro-F1 {100 * f1:.2f}")
+            c = run["counts"]
+            if "copy_undos" in c:
+                print(f"  {'':12} {c.get('evaluations', 0)} model evaluations for {run['tokens']} tokens kept, "
+                      f"{c['copy_undos']} undos (repeated items and dead ends taken back)")
         summary[lang] = runs
     for lang, runs in summary.items():
         if "off" not in runs:
