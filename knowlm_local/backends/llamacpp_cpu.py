@@ -11,10 +11,11 @@ model crashed this way on one of this project's development machines, in
 every ``extract`` call.
 
 The llama.cpp switch for this is the model parameter ``use_extra_bufts``
-(``llama-cli --no-repack``): off, the weights stay in plain CPU buffers
-and the ordinary AVX-512/AVX2 kernels compute the same model. llama-cpp-python does not expose it, so :func:`guard` makes its
-default model parameters carry it, for every model loaded in this process
-after the call (our loader, tests and benchmarks that build ``Llama``
+(``llama-cli --no-repack``): off, the weights stay in plain CPU buffers and
+the ordinary AVX-512/AVX2 kernels compute the same model. llama-cpp-python
+does not expose it, so :func:`guard` makes its default model parameters
+carry it, for every model loaded in this process after the call (our
+loader, `verify`'s scorer, tests and benchmarks that build ``Llama``
 themselves). Only builds that report ``AMX_INT8 = 1`` are touched;
 ``KNOWLM_LLAMA_AMX=1`` keeps AMX for a machine where it is known to work.
 """
