@@ -164,17 +164,14 @@ def reference_logits(
 
 def open_scorer(gguf: str | Path, n_ctx: int, threads: int | None = None) -> Any:
     """A CPU llama.cpp context that keeps the logits of every position (for comparisons and perplexity)."""
-    import llama_cpp
+    from knowlm_local.backends.llamacpp_fast import llama_class
 
-    from knowlm_local.backends.llamacpp_cpu import guard
-
-    guard()  # AMX builds: without its AMX buffers, whose kernel crashes on some CPUs
     # The same thread count for single-token and batch evaluation: llama-cpp-python's defaults differ
     # (half the CPUs vs all of them), and OpenMP resizing its team between the two can stall for seconds
     # on a busy machine.
     threads = threads or os.cpu_count() or 1
     try:
-        return llama_cpp.Llama(
+        return llama_class(fast=False)(  # plain Llama, loaded as every model here is (llamacpp_cpu's AMX guard)
             model_path=str(gguf),
             n_ctx=n_ctx,
             n_batch=n_ctx,

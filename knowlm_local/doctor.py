@@ -133,16 +133,13 @@ def llama_info() -> dict[str, Any]:
         import llama_cpp
     except ImportError:
         return {"version": None, "gpu_offload": False}
-    import os
+    from knowlm_local.backends.llamacpp_cpu import amx_setting
 
-    from knowlm_local.backends.llamacpp_cpu import amx_build
-
-    amx = amx_build()
+    amx = {"kept": "kept (KNOWLM_LLAMA_AMX=1)", "off": "off (its kernel crashes on some CPUs)"}
+    setting = amx_setting()
     return {"version": getattr(llama_cpp, "__version__", _version("llama-cpp-python")),
             "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
-            # an AMX build loads models without its AMX buffers, unless KNOWLM_LLAMA_AMX=1 (llamacpp_cpu)
-            "amx": "kept (KNOWLM_LLAMA_AMX=1)" if amx and os.environ.get("KNOWLM_LLAMA_AMX") == "1"
-            else "off (its kernel crashes on some CPUs)" if amx else "not built"}
+            "amx": amx.get(setting, setting)}  # an AMX build loads models without AMX buffers (llamacpp_cpu)
 
 
 def disk_usage(label: str, path: Path) -> dict[str, Any]:

@@ -24,8 +24,9 @@ print("AMX", amx_build(), "EXTRA", lib.llama_model_default_params().use_extra_bu
 """
 
 
-def _child(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+def _child(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=str(Path(__file__).resolve().parents[1]))
 
 
 def test_a_prompt_batch_runs_through_our_loader(cli_env):
@@ -55,7 +56,6 @@ def test_the_verify_scorer_runs_a_prompt_batch(cli_env, embedded_path):
             "llm = open_scorer(sys.argv[1], 256, threads=2)\n"
             "llm.eval(llm.tokenize(b'The rivers of Europe are long and old and full of fish.'))\n"
             "print(llm.n_tokens)")
-    done = subprocess.run([sys.executable, "-c", code, str(embedded_path)], capture_output=True, text=True,
-                          env=cli_env, timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    done = _child(code, cli_env, str(embedded_path))
     assert done.returncode == 0, f"the scorer process died (rc {done.returncode}): {done.stderr[-500:]}"
     assert int(done.stdout.split()[-1]) > 5

@@ -15,8 +15,8 @@ The llama.cpp switch for this is the model parameter ``use_extra_bufts``
 the ordinary AVX-512/AVX2 kernels compute the same model. llama-cpp-python
 does not expose it, so :func:`guard` makes its default model parameters
 carry it, for every model loaded in this process after the call (our
-loader, `verify`'s scorer, tests and benchmarks that build ``Llama``
-themselves). Only builds that report ``AMX_INT8 = 1`` are touched;
+loader and everything else here that loads through ``llama_class``, and
+tests and benchmarks that build ``Llama`` themselves). Only builds that report ``AMX_INT8 = 1`` are touched;
 ``KNOWLM_LLAMA_AMX=1`` keeps AMX for a machine where it is known to work.
 """
 
@@ -35,12 +35,19 @@ def amx_build() -> bool:
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
+def amx_setting() -> str:
+    """What becomes of llama.cpp's AMX kernels here: "not built", "kept" (``KNOWLM_LLAMA_AMX=1``) or "off"."""
+    if not amx_build():
+        return "not built"
+    return "kept" if os.environ.get("KNOWLM_LLAMA_AMX") == "1" else "off"
+
+
 def guard() -> bool:
     """Load every later llama.cpp model without extra buffer types on an AMX build; whether that is in force."""
     global _guarded
     if _guarded:
         return True
-    if os.environ.get("KNOWLM_LLAMA_AMX") == "1" or not amx_build():
+    if amx_setting() != "off":
         return False
     import llama_cpp.llama_cpp as lib
 

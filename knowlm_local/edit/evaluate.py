@@ -165,12 +165,9 @@ class LlamaCppScorer:
     """A GGUF through llama.cpp, greedy on its own logits (what `chat` and `extract` run)."""
 
     def __init__(self, path: str, n_ctx: int = 1024, n_threads: int | None = None) -> None:
-        from llama_cpp import Llama
+        from knowlm_local.backends.llamacpp_fast import llama_class
 
-        from knowlm_local.backends.llamacpp_cpu import guard
-
-        guard()
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=n_threads, verbose=False)
+        self.llm = llama_class(fast=False)(model_path=str(path), n_ctx=n_ctx, logits_all=True, n_threads=n_threads, verbose=False)
         self.eos = self.llm.token_eos()
 
     def ids(self, text: str) -> list[int]:
