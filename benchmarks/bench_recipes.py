@@ -14,7 +14,7 @@ On the embedded SmolLM2-135M's HF export (LoRA r 8 on all seven projections, flo
 Each measurement runs in its own child process (so peak RSS is its own); the training runs alternate
 (padding, packing, plain, ours, and again) and the best of two is kept.
 
-    python benchmarks/bench_recipes.py [--steps 12] [--corpus-mb 200] [--threads 2]
+    python benchmarks/bench_recipes.py [--steps 12] [--corpus-mb 200] [--threads 2] [--max-len 384]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from knowlm_local.train.sft import finetune, load_model, training_arguments, _Da
 from knowlm_local.train.sft_data import load_examples, template_for, unpacked, choose_pad
 folder = export_embedded()
 cfg = FinetuneConfig(model="smollm2", output_dir={out!r}, mode="lora",
-                     data=DataSettings(train=[{data!r}], max_len=384, packing={packing}),
+                     data=DataSettings(train=[{data!r}], max_len={max_len}, packing={packing}),
                      lora=LoraSettings(r=8, alpha=16, dropout=0.0), max_steps={steps}, micro_batch_size=8,
                      learning_rate=2e-4, lr_scheduler="constant", logging_steps=1, save_steps=100000, precision="fp32",
                      seed=0)
@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--corpus-mb", type=int, default=200)
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 2))
+    ap.add_argument("--max-len", type=int, default=384,
+                    help="row length for padding and packing (recipes/finetune/smollm2-ie-cpu.yaml packs 512)")
     ap.add_argument("--skip-packer", action="store_true")
     args = ap.parse_args()
     from knowlm_local.train.base import export_embedded
@@ -140,7 +142,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-recipes-"))
     data = mixed_data(tmp)
     print(f"embedded SmolLM2-135M HF export, LoRA r 8, fp32, {args.threads} threads, {args.steps} steps, "
-          f"micro batch 8, mixed data {data}", flush=True)
+          f"micro batch 8, max_len {args.max_len}, mixed data {data}", flush=True)
 
     recipe = child(RECIPE.format(threads=args.threads, steps=args.steps, out=str(tmp / "recipe")))
     print(f"CPU recipe smollm2-cpu: {recipe['steps']} steps in {recipe['seconds']:.1f} s "
@@ -152,15 +154,16 @@ def main() -> None:
         for name, packing, plain in (("padding", False, False), ("packing", True, False),
                                      ("plain Trainer", False, True), ("ours", False, False)):
             res = child(TRAIN.format(threads=args.threads, steps=args.steps, out=str(tmp / name.replace(" ", "-")),
-                                     data=str(data), packing=packing, plain=plain))
+                                     data=str(data), packing=packing, plain=plain,
+                                     max_len=args.max_len))
             res["tps"] = res["tokens"] / res["seconds"]
             runs[name].append(res)
             print(f"  {name:14} {res['seconds']:6.1f} s  {res['tps']:7.0f} tokens/s  peak RSS {res['peak_rss_mb']:.0f} MB",
                   flush=True)
     best = {k: max(v, key=lambda r: r["tps"]) for k, v in runs.items()}
-    fill = fill_bound(data)
+    fill = fill_bound(data, max_len=args.max_len)
     print(f"rows: {fill['mean']:.0f} tokens per example on average (longest {fill['max']}); padded batches of 8 are "
-          f"{fill['padded']:.1%} real tokens, packed 384-token rows {fill['packed']:.1%}: packing can buy at most "
+          f"{fill['padded']:.1%} real tokens, packed {args.max_len}-token rows {fill['packed']:.1%}: packing can buy at most "
           f"{fill['bound']:.2f}x on this data at equal cost per position")
     ratio = best['packing']['tps'] / best['padding']['tps']
     print(f"RATIO tokens/s packing / padding = {ratio:.2f}x "
