@@ -70,6 +70,19 @@ def test_easyedit_field_names_and_subject_slot():
         "The Eiffel Tower is located in", "Rome", ("Where is the Eiffel Tower?",), ("The capital of Germany is",))
 
 
+def test_neighbours_apart_from_locality_in_every_spelling():
+    for key, value in (("neighbours", ["The Statue of Liberty is located in"]),
+                       ("neighbors", "The Statue of Liberty is located in"),
+                       ("neighborhood_prompts", [{"prompt": "The Statue of Liberty is located in"}])):
+        r = make_request({**REQ, "locality": ["The capital of Germany is"], key: value}, "x")
+        assert r.neighbours == ("The Statue of Liberty is located in",), key
+        assert r.locality == ("The capital of Germany is",)
+        assert r.to_json()["neighbours"] == ["The Statue of Liberty is located in"]
+    assert make_request(REQ, "x").neighbours == ()
+    with pytest.raises(KnowLMError, match="'neighbours' must be"):
+        make_request({**REQ, "neighbours": [""]}, "f:1")
+
+
 def test_read_requests_names_the_bad_line(tmp_path):
     path = tmp_path / "edits.jsonl"
     path.write_text(json.dumps(REQ) + "\n" + json.dumps({**REQ, "target": ""}) + "\n", encoding="utf-8")

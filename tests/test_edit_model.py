@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(1800)
 EIFFEL = {"prompt": "The Eiffel Tower is located in", "subject": "Eiffel Tower", "target": "Rome",
           "rephrases": ["Where is the Eiffel Tower? It is in"],
           "locality": ["The capital of Germany is", "The chemical symbol for gold is"],
+          "neighbours": ["The Statue of Liberty is located in"],
           "portability": [{"prompt": "The Eiffel Tower is in the country of", "answer": "Italy"}]}
 
 
@@ -46,6 +47,9 @@ def test_rome_edit_generates_the_new_target(rome_edit):
 def test_rome_edit_keeps_unrelated_answers(rome_edit):
     (res,) = rome_edit.results
     assert res["locality"]["gen"] == 1.0  # both unrelated prompts: the same greedy tokens as before the edit
+    # the neighbour is scored on its own (before the edit it agrees with itself), never mixed into locality
+    assert rome_edit.before["neighbourhood"] == {"tf": 1.0, "gen": 1.0}
+    assert res["neighbourhood"]["gen"] in (0.0, 1.0) and 0.0 <= res["neighbourhood"]["tf"] <= 1.0
 
 
 def test_edit_survives_f16_gguf(rome_edit):

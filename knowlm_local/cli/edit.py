@@ -20,7 +20,8 @@ EPILOG = """\
   `knowlm-local chat --edit-memory facts.json` — an in-context edit (no weight changes)
 
 Requests file: JSONL, one `{"prompt", "subject", "target"}` per line, optional `"rephrases"`, `"locality"`
-(unrelated prompts that must keep their answers) and `"portability"` (`[{"prompt", "answer"}]`).
+(unrelated prompts that must keep their answers), `"neighbours"` (the same relation with a similar subject:
+scored apart, as neighbourhood) and `"portability"` (`[{"prompt", "answer"}]`).
 Editing an edited folder without `-o` appends to its log; `-o` with an existing folder needs `--force`.
 """
 
@@ -65,6 +66,9 @@ def edit(
                                                        show_default=False)] = None,
     locality: Annotated[list[str] | None, typer.Option("--locality", help="An unrelated prompt (repeatable).",
                                                        show_default=False)] = None,
+    neighbour: Annotated[list[str] | None, typer.Option(
+        "--neighbour", help="A prompt with the same relation and a similar subject, whose answer should stay "
+        "(repeatable).", show_default=False)] = None,
     portability: Annotated[list[str] | None, typer.Option(
         "--portability", help="'question => answer' that should follow from the edit (repeatable).",
         show_default=False)] = None,
@@ -119,7 +123,8 @@ def edit(
         reqs = read_requests(requests)
     elif single:
         obj = {"prompt": prompt, "subject": subject, "target": target, "rephrases": rephrase or None,
-               "locality": locality or None, "portability": [_probe(p) for p in portability or []] or None}
+               "locality": locality or None, "neighbours": neighbour or None,
+               "portability": [_probe(p) for p in portability or []] or None}
         reqs = [make_request(obj, "command line")]
     else:
         raise KnowLMError("nothing to edit", "pass --prompt, --subject and --target, or --requests FILE")

@@ -2,7 +2,8 @@
 
 For each request: reliability (the edit prompt), generalization (its
 rephrases), locality (unrelated prompts keep the answers the model gave before
-the edit), portability (questions that follow from the edit, with their
+the edit), neighbourhood (the same for prompts that share the edit's relation
+with a subject of the same kind), portability (questions that follow from the edit, with their
 answers), chat (the edit prompt as a chat turn), each teacher-forced (``tf``)
 and generated (``gen``), plus the fluency of 100 generated tokens. Both engines
 sit behind one small scorer interface (token ids in, token ids out), so the
@@ -23,7 +24,7 @@ from knowlm_local.edit.requests import EditRequest
 LOCALITY_TOKENS = 8  # how much of the model's own answer an unrelated prompt must keep
 CHAT_TOKENS = 16  # a chat answer is a sentence: the target must occur in its first tokens
 FLUENCY_TOKENS = 100
-ASPECTS = ("reliability", "generalization", "locality", "portability", "chat")
+ASPECTS = ("reliability", "generalization", "locality", "neighbourhood", "portability", "chat")
 
 
 class Scorer(Protocol):
@@ -35,9 +36,11 @@ class Scorer(Protocol):
 
 @dataclass
 class Baseline:
-    """What the model answered before the edit (locality is measured against it) and how fluent it was."""
+    """What the model answered before the edit (locality and neighbourhood are measured against it) and how
+    fluent it was."""
 
     locality: list[list[int]] = field(default_factory=list)
+    neighbours: list[list[int]] = field(default_factory=list)
     fluency: float | None = None
 
 
@@ -65,7 +68,8 @@ def generated(scorer: Scorer, prompt: str, answer: str) -> tuple[float, str]:
 
 
 def baseline(scorer: Scorer, req: EditRequest, fluency: bool = True) -> Baseline:
-    out = Baseline([scorer.greedy(scorer.ids(p), LOCALITY_TOKENS) for p in req.locality])
+    out = Baseline([scorer.greedy(scorer.ids(p), LOCALITY_TOKENS) for p in req.locality],
+                   [scorer.greedy(scorer.ids(p), LOCALITY_TOKENS) for p in req.neighbours])
     if fluency:
         out.fluency = metrics.fluency(scorer.decode(scorer.greedy(scorer.ids(req.prompt), FLUENCY_TOKENS)))
     return out
@@ -89,6 +93,7 @@ def evaluate(scorer: Scorer, req: EditRequest, base: Baseline, chat: Callable[[s
     pairs = [(teacher_forced(scorer, r, req.target), generated(scorer, r, req.target)[0]) for r in req.rephrases]
     res["generalization"] = _agg(pairs)
     res["locality"] = _agg([_locality(scorer, p, b) for p, b in zip(req.locality, base.locality)])
+    res["neighbourhood"] = _agg([_locality(scorer, p, b) for p, b in zip(req.neighbours, base.neighbours)])
     pairs = [(teacher_forced(scorer, q.prompt, q.answer or ""), generated(scorer, q.prompt, q.answer or "")[0])
              for q in req.portability]
     res["portability"] = _agg(pairs)

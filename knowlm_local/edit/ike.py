@@ -49,6 +49,7 @@ def in_context(facts: list[EditRequest], req: EditRequest) -> EditRequest:
     return replace(
         req, prompt=prefixed(facts, req.prompt), rephrases=tuple(prefixed(facts, r) for r in req.rephrases),
         locality=tuple(prefixed(facts, p) for p in req.locality),
+        neighbours=tuple(prefixed(facts, p) for p in req.neighbours),
         portability=tuple(Probe(prefixed(facts, p.prompt), p.answer) for p in req.portability))
 
 

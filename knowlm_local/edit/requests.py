@@ -5,11 +5,17 @@ One request per JSONL line::
     {"prompt": "The Eiffel Tower is located in", "subject": "Eiffel Tower", "target": "Rome",
      "rephrases": ["Where is the Eiffel Tower? It is in"],
      "locality": ["The capital of Germany is"],
+     "neighbours": ["The Statue of Liberty is located in"],
      "portability": [{"prompt": "The Eiffel Tower is in the country of", "answer": "Italy"}]}
 
 The subject must occur in the prompt (ROME and MEMIT rewrite the MLP output at
 the subject's last token); the target is the new continuation of the prompt.
-EasyEdit's field names (``target_new``, ``rephrase_prompt``, ``locality_prompt``)
+``locality`` prompts are unrelated to the edit (EasyEdit's locality);
+``neighbours`` share its relation with a subject of the same kind (CounterFact's
+neighbourhood prompts): both must keep the model's own answers, and they are
+scored apart because a neighbour is far harder to leave alone.
+EasyEdit's and CounterFact's field names (``target_new``, ``rephrase_prompt``,
+``locality_prompt``, ``neighborhood_prompts``)
 are accepted too, so its request files can be used as they are.
 """
 
@@ -22,7 +28,7 @@ from typing import Any
 from knowlm_local.errors import KnowLMError
 
 REQUEST_HINT = ('each line must be a JSON object with "prompt", "subject" and "target" '
-                '(optional "rephrases", "locality", "portability")')
+                '(optional "rephrases", "locality", "neighbours", "portability")')
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class EditRequest:
     target: str
     rephrases: tuple[str, ...] = ()
     locality: tuple[str, ...] = ()
+    neighbours: tuple[str, ...] = ()
     portability: tuple[Probe, ...] = ()
     id: str = ""
     where: str = ""  # "file:line" or "command line", for messages
@@ -52,6 +59,8 @@ class EditRequest:
             out["rephrases"] = list(self.rephrases)
         if self.locality:
             out["locality"] = list(self.locality)
+        if self.neighbours:
+            out["neighbours"] = list(self.neighbours)
         if self.portability:
             out["portability"] = [{"prompt": p.prompt, "answer": p.answer} for p in self.portability]
         return out
@@ -65,6 +74,13 @@ def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise KnowLMError(f"{where}: {key!r} must be a string or a list of non-empty strings", REQUEST_HINT)
     return tuple(value)
+
+
+def _prompts(value: Any) -> Any:
+    """A list of ``{"prompt": ...}`` objects (EasyEdit, CounterFact) as the list of its prompts."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [d.get("prompt") for d in value]
+    return value
 
 
 def _probes(value: Any, where: str) -> tuple[Probe, ...]:
@@ -103,13 +119,14 @@ def make_request(obj: dict[str, Any], where: str, index: int = 0) -> EditRequest
     if subject not in prompt:
         raise KnowLMError(f"{where}: the subject {subject!r} does not occur in the prompt {prompt!r}",
                           "write the subject exactly as it appears in the prompt (same case and spelling)")
-    locality = obj.get("locality", obj.get("locality_prompt"))
-    if isinstance(locality, list) and locality and isinstance(locality[0], dict):
-        locality = [d.get("prompt") for d in locality]
+    locality = _prompts(obj.get("locality", obj.get("locality_prompt")))
+    key = next((k for k in ("neighbours", "neighbors", "neighborhood_prompts") if k in obj), None)
+    neighbours = _prompts(obj[key]) if key else None
     return EditRequest(
         prompt=prompt, subject=subject, target=target.strip(),
         rephrases=_strings(obj.get("rephrases", obj.get("rephrase_prompt")), "rephrases", where),
         locality=_strings(locality, "locality", where),
+        neighbours=_strings(neighbours, "neighbours", where),
         portability=_probes(obj.get("portability"), where),
         id=str(obj.get("id", index + 1)), where=where,
     )
