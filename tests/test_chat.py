@@ -173,12 +173,13 @@ def test_cli_scripted_repl(runner):
 
 
 def test_ctrl_c_stops_the_answer_not_the_program(cli_env):
-    """A real SIGINT to the real process while it is answering. Seeded: an unseeded sample sometimes ended
-    its answer before the signal arrived, and the test then failed for the wrong reason (seed 1 writes ~1,800
-    characters)."""
+    """A real SIGINT to the real process while it is answering (seeded, so the answer is long: ~1,800
+    characters). The child gets SIGINT's default disposition back: a test run started as a background job
+    (`pytest &`, nohup) inherits SIGINT ignored, and the child would then never see the signal."""
     proc = subprocess.Popen(
         [knowlm_exe(), "chat", "--max-tokens", "400", "--ctx", "1024", "--temperature", "0.8", "--seed", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     proc.stdin.write("Write a very long story about a dragon.\n")
     proc.stdin.flush()
