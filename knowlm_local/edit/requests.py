@@ -126,7 +126,7 @@ def make_request(obj: dict[str, Any], where: str, index: int = 0) -> EditRequest
         prompt=prompt, subject=subject, target=target.strip(),
         rephrases=_strings(obj.get("rephrases", obj.get("rephrase_prompt")), "rephrases", where),
         locality=_strings(locality, "locality", where),
-        neighbours=_strings(neighbours, "neighbours", where),
+        neighbours=_strings(neighbours, key or "neighbours", where),
         portability=_probes(obj.get("portability"), where),
         id=str(obj.get("id", index + 1)), where=where,
     )
