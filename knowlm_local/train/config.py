@@ -65,11 +65,13 @@ class DataSettings:
     template: str = "auto"  # auto (the model's own, as extract and chat use it), alpaca, oneke, chatml, gguf
     max_len: int = 512  # cutoff in tokens (prompt + answer)
     packing: bool = False  # several examples per row, attention kept within each
+    packed_attention: str = "varlen"  # varlen: each example's own blocks only (train/varlen.py); mask: one row mask
     response_only: bool = True  # loss on the answer only (the prompt is masked)
     shuffle: bool = True
 
     def __post_init__(self) -> None:
         _check(self.max_len >= 16, "data.max_len must be >= 16")
+        _check(self.packed_attention in ("varlen", "mask"), "data.packed_attention must be varlen or mask")
 
 
 @dataclass

@@ -74,9 +74,12 @@ def resume_point(folder: Path, say=None) -> Path:
 
 def train_and_time(trainer, out: Path, continuing: bool, say=None) -> tuple[Any, float, list[tuple[int, float]]]:
     """Run ``trainer`` (from the last complete checkpoint when continuing): its state, seconds and logged losses."""
+    from knowlm_local.train.heap import kept_heap
+
     t0 = time.perf_counter()
     start = resume_point(out, say) if continuing else None
-    state = trainer.train(resume_from_checkpoint=str(start) if start else None)
+    with kept_heap(enabled=not _cuda()):  # CPU steps reuse their freed buffers instead of page-faulting them in
+        state = trainer.train(resume_from_checkpoint=str(start) if start else None)
     seconds = time.perf_counter() - t0
     return state, seconds, [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
 
@@ -158,6 +161,10 @@ def load_model(base_folder: Path, cfg: FinetuneConfig, precision: str):
             bnb_4bit_quant_type=cfg.quant.quant_type, bnb_4bit_use_double_quant=cfg.quant.double_quant,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    if cfg.data.packing and cfg.data.packed_attention == "varlen":
+        from knowlm_local.train import varlen
+
+        kwargs["attn_implementation"] = varlen.register()
     try:
         model = AutoModelForCausalLM.from_pretrained(base_folder, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as exc:
