@@ -43,11 +43,14 @@ def _libc():
 def kept_heap(enabled: bool = True) -> Iterator[bool]:
     """Within the block, freed memory stays with the process; yields whether the setting took."""
     libc = _libc() if enabled else None
-    took = bool(libc and libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM) == 1)
+    took = False
+    if libc is not None:
+        no_mmap = libc.mallopt(M_MMAP_MAX, 0) == 1
+        took = libc.mallopt(M_TRIM_THRESHOLD, NO_TRIM) == 1 and no_mmap
     try:
         yield took
     finally:
-        if libc is not None and took:
+        if libc is not None:  # restored even when only one of the two settings took
             libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
             libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
             libc.malloc_trim(0)
