@@ -166,7 +166,7 @@ def main() -> None:
     for _ in range(2):
         for name, packing, plain, attention in plan:
             res = child(TRAIN.format(threads=args.threads, steps=args.steps,
-                                     out=str(tmp / name.replace(" ", "-").strip("()")),
+                                     out=str(tmp / name.replace(" ", "-").replace("(", "").replace(")", "")),
                                      data=str(data), packing=packing, plain=plain, attention=attention,
                                      max_len=args.max_len))
             res["tps"] = res["tokens"] / res["seconds"]

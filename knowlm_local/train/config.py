@@ -23,6 +23,7 @@ from knowlm_local.errors import KnowLMError
 MODES = ("lora", "qlora", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+PACKED_ATTENTION = ("varlen", "mask")  # data.packed_attention: see train/varlen.py
 
 
 @dataclass
@@ -71,7 +72,8 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         _check(self.max_len >= 16, "data.max_len must be >= 16")
-        _check(self.packed_attention in ("varlen", "mask"), "data.packed_attention must be varlen or mask")
+        _check(self.packed_attention in PACKED_ATTENTION,
+               f"data.packed_attention must be one of {', '.join(PACKED_ATTENTION)}")
 
 
 @dataclass

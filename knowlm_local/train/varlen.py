@@ -78,15 +78,16 @@ def buckets(lengths: list[int], max_buckets: int = MAX_BUCKETS, call_cost: int =
 
 
 class Plan:
-    """Gather/scatter indices for one batch: per bucket, ``[count, width]`` token indices and a validity mask."""
+    """For one batch: per bucket, ``[count, width]`` token indices and which of them are real; and the order that
+    puts the buckets' real outputs, taken one bucket after another, back into token order."""
 
     def __init__(self, position_ids, device) -> None:
         import torch
 
-        b, n = position_ids.shape
+        n = position_ids.shape[1]
         segs = segments(position_ids.tolist())
-        self.shape = (b, n)
         self.parts = []
+        flat = []
         for group in buckets([s[2] for s in segs]):
             width = max(segs[g][2] for g in group)
             idx = torch.zeros(len(group), width, dtype=torch.long)
@@ -95,7 +96,10 @@ class Plan:
                 r, start, length = segs[g]
                 idx[row, :length] = torch.arange(r * n + start, r * n + start + length)
                 valid[row, :length] = True
-            self.parts.append((idx.to(device), valid.to(device), idx[valid].to(device)))
+            self.parts.append((idx.to(device), valid.to(device)))
+            flat.append(idx[valid])
+        # every token belongs to exactly one example, so the concatenation is a permutation of the tokens
+        self.inverse = torch.argsort(torch.cat(flat)).to(device)
 
 
 _last: list[Any] = [None, None]  # (position_ids tensor, its Plan): every layer of one forward gets the same tensor
@@ -124,13 +128,13 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     q = query.transpose(1, 2).reshape(b * n, h, d)
     k = key.transpose(1, 2).reshape(b * n, hk, d)
     v = value.transpose(1, 2).reshape(b * n, hk, d)
-    out = q.new_empty(b * n, h, d)
-    for idx, valid, flat in plan.parts:
+    pieces = []
+    for idx, valid in plan.parts:
         o = torch.nn.functional.scaled_dot_product_attention(
             q[idx].transpose(1, 2), k[idx].transpose(1, 2), v[idx].transpose(1, 2), dropout_p=dropout,
             scale=scaling, is_causal=True, enable_gqa=hk != h)
-        out = out.index_copy(0, flat, o.transpose(1, 2)[valid])
-    return out.view(b, n, h, d), None
+        pieces.append(o.transpose(1, 2)[valid])
+    return torch.cat(pieces)[plan.inverse].view(b, n, h, d), None
 
 
 def register() -> str:
